@@ -1,0 +1,1 @@
+"""dtrain command line."""

@@ -1,0 +1,123 @@
+"""Checkpoints: NumPy ``.npz`` of plain float32 arrays plus a JSON header; never pickle.
+
+Written atomically (temporary file, fsync, rename, fsync of the directory), so a crash at any
+point leaves either the previous checkpoint or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import DtrainError
+from workers.model import ModelSpec
+
+FORMAT = "dtrain-checkpoint"
+VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    params: np.ndarray
+    velocity: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save(path: Path, ckpt: Checkpoint) -> None:
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "input_size": ckpt.spec.input_size,
+        "hidden_sizes": list(ckpt.spec.hidden_sizes),
+        "num_classes": ckpt.spec.num_classes,
+        "meta": ckpt.meta,
+    }
+    arrays = {
+        "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+        "params": np.ascontiguousarray(ckpt.params, dtype=np.float32),
+    }
+    if ckpt.velocity is not None:
+        arrays["velocity"] = np.ascontiguousarray(ckpt.velocity, dtype=np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise DtrainError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
+
+
+def load(path: Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise DtrainError(f"checkpoint {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise DtrainError(f"checkpoint {path} is not a readable .npz file (truncated or corrupt)")
+    try:
+        # allow_pickle=False: an object array (a pickle payload) raises instead of running.
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except ValueError as e:
+        raise DtrainError(f"checkpoint {path} holds pickled objects, refused: {e}") from e
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DtrainError(f"checkpoint {path} is not a readable .npz file: {e}") from e
+    if "header" not in arrays or "params" not in arrays:
+        raise DtrainError(f"checkpoint {path} lacks its header or params array")
+    try:
+        header = json.loads(arrays["header"].tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DtrainError(f"checkpoint {path} has a corrupt header: {e}") from e
+    if header.get("format") != FORMAT:
+        raise DtrainError(f"checkpoint {path} is not a dtrain checkpoint")
+    if header.get("version") != VERSION:
+        raise DtrainError(
+            f"checkpoint {path} has format version {header.get('version')}, this dtrain reads "
+            f"version {VERSION}"
+        )
+    try:
+        spec = ModelSpec(
+            input_size=int(header["input_size"]),
+            hidden_sizes=tuple(int(h) for h in header["hidden_sizes"]),
+            num_classes=int(header["num_classes"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise DtrainError(f"checkpoint {path} has a bad model description: {e}") from e
+    params = arrays["params"]
+    velocity = arrays.get("velocity")
+    for name, arr in (("params", params), ("velocity", velocity)):
+        if arr is not None and (arr.dtype != np.float32 or arr.shape != (spec.num_params,)):
+            raise DtrainError(
+                f"checkpoint {path}: {name} is {arr.dtype}{list(arr.shape)}, expected "
+                f"float32[{spec.num_params}] for layers {spec.layer_shapes}"
+            )
+    if not np.isfinite(params).all():
+        raise DtrainError(f"checkpoint {path} holds non-finite weights")
+    return Checkpoint(spec=spec, params=params, velocity=velocity, meta=header.get("meta", {}))

@@ -1,0 +1,124 @@
+"""The parameter server: holds the weights and optimizer state, applies one update per step.
+
+``ServerCore`` is plain Python; ``ParameterServer`` (built by ``server_actor``) is the Ray actor
+shell around it, following the classic Ray parameter-server example: workers'
+``compute_gradients(weights)`` results are passed straight into ``apply_gradients(*grads)``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from service.optim import Optimizer, OptimizerConfig
+from workers.core import GradStats
+from workers.model import ModelSpec
+
+
+@dataclass(frozen=True)
+class ServerStats:
+    """What one update reports back to the driver (small: travels inline, not via plasma)."""
+
+    step: int
+    samples: int
+    loss_sum: float
+    correct: int
+    learning_rate: float
+    grad_norm: float
+    update_norm: float
+    worker_compute_seconds: tuple[float, ...]
+    aggregate_seconds: float
+    update_seconds: float
+    finite: bool
+
+
+class ServerCore:
+    def __init__(
+        self,
+        *,
+        spec: ModelSpec,
+        optimizer: OptimizerConfig,
+        params: np.ndarray,
+        total_steps: int,
+        step: int = 0,
+        velocity: np.ndarray | None = None,
+    ) -> None:
+        if params.shape != (spec.num_params,) or params.dtype != np.float32:
+            raise ValueError(f"params must be float32 of shape ({spec.num_params},)")
+        self.spec = spec
+        self.params = np.array(params, dtype=np.float32)  # own, writable copy
+        self.optimizer = Optimizer(optimizer, spec.num_params)
+        if velocity is not None:
+            self.optimizer.velocity[...] = velocity
+        self.total_steps = total_steps
+        self.step = step
+        self._sum = np.empty_like(self.params)
+        self._before = np.empty_like(self.params)
+
+    def apply_gradients(
+        self, step: int, grads: list[np.ndarray], stats: list[GradStats]
+    ) -> ServerStats:
+        """Average the workers' summed gradients by sample count and take one optimizer step.
+
+        ``step`` is the 1-based number this update will have; it must be the next one, so a
+        replayed call cannot apply the same gradients twice.
+        """
+        if step != self.step + 1:
+            raise ValueError(f"expected step {self.step + 1}, got step {step}")
+        t0 = time.perf_counter()
+        count = sum(s.count for s in stats)
+        total = self._sum
+        total[...] = grads[0]
+        for g in grads[1:]:  # fixed rank order: the float sum is the same on every replay
+            total += g
+        if count:
+            total *= np.float32(1.0 / count)
+        grad_norm = float(np.linalg.norm(total))
+        t1 = time.perf_counter()
+        finite = bool(np.isfinite(grad_norm))
+        lr = self.optimizer.config.learning_rate_at(self.step, self.total_steps)
+        update_norm = 0.0
+        if finite and count:
+            # Never apply a non-finite update: the weights stay at the last good values.
+            np.copyto(self._before, self.params)
+            self.optimizer.step(self.params, total, lr)
+            update_norm = float(np.linalg.norm(self.params - self._before))
+            self.step = step
+        loss_sum = sum(s.loss_sum for s in stats)
+        return ServerStats(
+            step=step,
+            samples=count,
+            loss_sum=loss_sum,
+            correct=sum(s.correct for s in stats),
+            learning_rate=lr,
+            grad_norm=grad_norm,
+            update_norm=update_norm,
+            worker_compute_seconds=tuple(s.compute_seconds for s in stats),
+            aggregate_seconds=t1 - t0,
+            update_seconds=time.perf_counter() - t1,
+            finite=finite and bool(np.isfinite(loss_sum)),
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {"params": self.params, "velocity": self.optimizer.velocity, "step": self.step}
+
+
+class ParameterServer:
+    """Ray actor shell: unpacks ``*args`` (gradients then their stats) for ``ServerCore``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.core = ServerCore(**kwargs)
+
+    def get_weights(self) -> np.ndarray:
+        return self.core.params
+
+    def apply_gradients(self, step: int, *results: Any) -> tuple[np.ndarray, ServerStats]:
+        half = len(results) // 2
+        stats = self.core.apply_gradients(step, list(results[:half]), list(results[half:]))
+        return self.core.params, stats
+
+    def state(self) -> dict[str, Any]:
+        return self.core.state()

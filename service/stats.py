@@ -1,0 +1,92 @@
+"""What a training run reports as it goes: the records the driver hands to metrics and history.
+
+Plain dataclasses so that the metrics exporter, the history file and the CLI all read the same
+fields. Times are seconds, rates are per second, ratios are 0..1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobInfo:
+    """Static facts of a run, known before the first step."""
+
+    version: str
+    run_dir: str
+    num_workers: int
+    batch_size: int
+    optimizer: str
+    learning_rate: float
+    momentum: float
+    epochs: int
+    steps_per_epoch: int
+    hidden_sizes: tuple[int, ...]
+    num_params: int
+    num_train_samples: int
+    num_test_samples: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepStats:
+    """One synchronous step: every worker's gradient, one parameter-server update."""
+
+    epoch: int  # 1-based
+    step: int  # global, 1-based: number of updates applied so far
+    samples: int  # samples in this step's global batch
+    loss: float  # mean cross-entropy over the global batch, before the update
+    accuracy: float  # fraction of the global batch predicted right, before the update
+    learning_rate: float
+    grad_norm: float  # L2 norm of the averaged gradient
+    update_norm: float  # L2 norm of the change applied to the weights
+    step_seconds: float  # wall time of the step as the driver saw it (pipelined steps overlap)
+    # Phases, each in seconds: max over workers of compute; the server's wait for the slowest
+    # gradient after the first arrived plus the sum; the optimizer step.
+    worker_compute_seconds: tuple[float, ...] = ()
+    aggregate_seconds: float = 0.0
+    update_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochStats:
+    epoch: int  # 1-based
+    steps: int  # global step count at the end of the epoch
+    train_loss: float  # mean over the epoch's samples, measured during training
+    train_accuracy: float
+    test_loss: float | None
+    test_accuracy: float | None
+    seconds: float
+    samples_per_second: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(kw_only=True)
+class RunSummary:
+    """The final JSON object of ``dtrain train --json``."""
+
+    test_accuracy: float
+    test_loss: float
+    train_accuracy: float
+    train_loss: float
+    epochs: int
+    steps: int
+    num_workers: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    wall_seconds: float
+    train_seconds: float
+    samples_per_second: float
+    checkpoint: str
+    run_dir: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,1 @@
+"""dtrain workers: the network's math, shard reading and the worker actor."""

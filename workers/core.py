@@ -1,0 +1,76 @@
+"""A worker's job without Ray: own some training rows, compute gradients on one slice per step.
+
+The Ray actor in ``workers.actor`` is a thin shell around ``WorkerCore``; tests drive this class
+directly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from workers.model import ModelSpec, Network
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """What a worker reports with each gradient; sums, so the server can weight by count."""
+
+    rank: int
+    loss_sum: float
+    correct: int
+    count: int
+    compute_seconds: float
+
+
+class WorkerCore:
+    def __init__(
+        self,
+        *,
+        rank: int,
+        spec: ModelSpec,
+        images: np.ndarray,
+        labels: np.ndarray,
+        batch_slice: int,
+        seed: int,
+    ) -> None:
+        self.rank = rank
+        self.net = Network(spec, np)
+        self.x = images  # (n, 784) float32 in [0, 1]
+        self.y = labels.astype(np.int64)  # (n,)
+        self.batch_slice = batch_slice
+        self.seed = seed
+        self._grad = np.empty(spec.num_params, dtype=np.float32)
+        self._epoch = -1
+        self._perm = np.arange(0)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.x.shape[0])
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """This worker's seeded shuffle of its own rows for ``epoch``; the same on every retry."""
+        if epoch != self._epoch:
+            rng = np.random.default_rng([self.seed, epoch, self.rank])
+            self._perm = rng.permutation(self.num_samples)
+            self._epoch = epoch
+        return self._perm
+
+    def batch_indices(self, epoch: int, step: int) -> np.ndarray:
+        b = self.batch_slice
+        return self.permutation(epoch)[step * b : (step + 1) * b]
+
+    def compute_gradients(
+        self, weights: np.ndarray, epoch: int, step: int
+    ) -> tuple[np.ndarray, GradStats]:
+        """Gradient of the summed loss over this worker's slice of step ``step`` of ``epoch``.
+
+        Deterministic in (weights, epoch, step), so a retried step gives the same bits.
+        """
+        start = time.perf_counter()
+        idx = np.sort(self.batch_indices(epoch, step))  # sorted: sequential reads of self.x
+        loss, correct, grad = self.net.loss_and_grad(weights, self.x[idx], self.y[idx], self._grad)
+        stats = GradStats(self.rank, loss, correct, len(idx), time.perf_counter() - start)
+        return grad, stats
