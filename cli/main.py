@@ -98,41 +98,110 @@ def cli() -> None:
     callback=load_job_file,
     help="TOML job file whose keys are these options' names; options on the command line win.",
 )
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Prepared Arrow dataset; the embedded MNIST is prepared there if missing. "
-              "[default: $DTRAIN_DATA_DIR or ~/.cache/dtrain/mnist]")
-@click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the checkpoint, history and summary go. [default: runs/<time>-<id>]")
-@click.option("--epochs", type=click.IntRange(min=1), default=5, show_default=True,
-              help="Passes over the training set.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
-              help="Global mini-batch size, split across the workers.")
-@click.option("--num-workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Worker actors computing gradients.")
-@click.option("--hidden-sizes", default="512", show_default=True, callback=parse_hidden_sizes,
-              help="Comma-separated hidden layer widths.")
-@click.option("--optimizer", type=click.Choice(["sgd", "momentum", "nesterov"]),
-              default="nesterov", show_default=True,
-              help="sgd: w -= lr*g; momentum: classical; nesterov: the chapter's form.")
-@click.option("--learning-rate", "--lr", type=float, default=0.1, show_default=True,
-              help="Peak learning rate (must be > 0).")
-@click.option("--momentum", type=float, default=0.9, show_default=True,
-              help="Momentum factor in [0, 1).")
-@click.option("--lr-schedule", type=click.Choice(["cosine", "constant"]), default="cosine",
-              show_default=True, help="Learning-rate schedule over the run.")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed for the initial weights and every epoch's shuffle.")
-@click.option("--cpus-per-worker", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Ray CPUs reserved by each worker actor.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Stop after this many updates (a quick smoke run).")
-@click.option("--eval-every-epoch/--no-eval-every-epoch", default=True, show_default=True,
-              help="Evaluate on the test set after every epoch, not only at the end.")
-@click.option("--step-timeout", type=click.FloatRange(min=0, min_open=True), default=120.0,
-              show_default=True, help="Seconds a step may take before the run is declared hung.")
-@click.option("--address", default=None,
-              help="Ray cluster to join, e.g. 10.0.0.1:6379. [default: $RAY_ADDRESS, else a new "
-              "local Ray]")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Prepared Arrow dataset; the embedded MNIST is prepared there if missing. "
+    "[default: $DTRAIN_DATA_DIR or ~/.cache/dtrain/mnist]",
+)
+@click.option(
+    "--run-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the checkpoint, history and summary go. [default: runs/<time>-<id>]",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Passes over the training set.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Global mini-batch size, split across the workers.",
+)
+@click.option(
+    "--num-workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Worker actors computing gradients.",
+)
+@click.option(
+    "--hidden-sizes",
+    default="512",
+    show_default=True,
+    callback=parse_hidden_sizes,
+    help="Comma-separated hidden layer widths.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["sgd", "momentum", "nesterov"]),
+    default="nesterov",
+    show_default=True,
+    help="sgd: w -= lr*g; momentum: classical; nesterov: the chapter's form.",
+)
+@click.option(
+    "--learning-rate",
+    "--lr",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="Peak learning rate (must be > 0).",
+)
+@click.option(
+    "--momentum", type=float, default=0.9, show_default=True, help="Momentum factor in [0, 1)."
+)
+@click.option(
+    "--lr-schedule",
+    type=click.Choice(["cosine", "constant"]),
+    default="cosine",
+    show_default=True,
+    help="Learning-rate schedule over the run.",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for the initial weights and every epoch's shuffle.",
+)
+@click.option(
+    "--cpus-per-worker",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Ray CPUs reserved by each worker actor.",
+)
+@click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after this many updates (a quick smoke run).",
+)
+@click.option(
+    "--eval-every-epoch/--no-eval-every-epoch",
+    default=True,
+    show_default=True,
+    help="Evaluate on the test set after every epoch, not only at the end.",
+)
+@click.option(
+    "--step-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds a step may take before the run is declared hung.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join, e.g. 10.0.0.1:6379. [default: $RAY_ADDRESS, else a new local Ray]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @user_errors
 def train(as_json: bool, **opts: Any) -> None:
@@ -176,8 +245,12 @@ def train(as_json: bool, **opts: Any) -> None:
 
 @cli.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Prepared dataset whose test split is evaluated. [default: as for train]")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Prepared dataset whose test split is evaluated. [default: as for train]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @user_errors
 def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> None:
@@ -210,10 +283,18 @@ def check_input_size(expected: int, got: int) -> None:
 @cli.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--test-samples", type=click.IntRange(min=1), default=None,
-              help="Predict the first N images of the prepared test set (shows the true label).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Prepared dataset for --test-samples. [default: as for train]")
+@click.option(
+    "--test-samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Predict the first N images of the prepared test set (shows the true label).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Prepared dataset for --test-samples. [default: as for train]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per image.")
 @user_errors
 def predict(
@@ -250,8 +331,12 @@ def predict(
         probs = net.predict_proba(ckpt.params, images.astype(np.float32) / np.float32(255))
         for i, row in enumerate(probs):
             digit = int(row.argmax())
-            rec: dict[str, Any] = {"source": source, "index": i, "prediction": digit,
-                                   "probability": round(float(row[digit]), 6)}
+            rec: dict[str, Any] = {
+                "source": source,
+                "index": i,
+                "prediction": digit,
+                "probability": round(float(row[digit]), 6),
+            }
             if labels is not None:
                 rec["label"] = int(labels[i])
             if as_json:

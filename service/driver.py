@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -204,7 +203,10 @@ class Trainer:
             self._emit("on_end", summary, error)
 
     def _start_actors(
-        self, manifest: dict[str, Any], ranges: list[tuple[int, int]], slices: list[int],
+        self,
+        manifest: dict[str, Any],
+        ranges: list[tuple[int, int]],
+        slices: list[int],
         total_steps: int,
     ) -> tuple[Any, list[Any]]:
         c = self.config

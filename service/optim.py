@@ -36,7 +36,9 @@ class OptimizerConfig:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            raise ValueError(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
 
     def learning_rate_at(self, step: int, total_steps: int) -> float:
         """Learning rate for 0-based ``step`` of ``total_steps``.
@@ -61,7 +63,9 @@ class Optimizer:
         self._lr_g = np.empty(num_params, dtype=np.float32)
         self._m_v = np.empty(num_params, dtype=np.float32)
 
-    def step(self, params: np.ndarray, grad: np.ndarray, learning_rate: float | None = None) -> None:
+    def step(
+        self, params: np.ndarray, grad: np.ndarray, learning_rate: float | None = None
+    ) -> None:
         c = self.config
         lr = c.learning_rate if learning_rate is None else learning_rate
         lr_g = np.multiply(np.float32(lr), grad, out=self._lr_g)

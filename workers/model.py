@@ -7,6 +7,7 @@ the server's optimizer step and the object-store transfer a single contiguous bu
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -37,7 +38,7 @@ class ModelSpec:
     @property
     def layer_shapes(self) -> list[tuple[int, int]]:
         sizes = [self.input_size, *self.hidden_sizes, self.num_classes]
-        return list(zip(sizes[:-1], sizes[1:], strict=True))
+        return list(itertools.pairwise(sizes))
 
     @property
     def num_params(self) -> int:
@@ -206,7 +207,9 @@ class Network:
             g = dense_backward(xp, g, inputs[i], w, zs[i], i < last, gw, gb, need_grad_x=i > 0)
         return float(loss), correct, grad
 
-    def evaluate(self, params: Array, x: Array, labels: Array, batch: int = 2048) -> tuple[float, float]:
+    def evaluate(
+        self, params: Array, x: Array, labels: Array, batch: int = 2048
+    ) -> tuple[float, float]:
         """Mean loss and accuracy over a dataset, in chunks to bound memory."""
         total_loss, correct = 0.0, 0
         for start in range(0, x.shape[0], batch):

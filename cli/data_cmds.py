@@ -1,0 +1,95 @@
+"""`dtrain data prepare|inspect`: thin wrappers over service.dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from service import dataset
+from service.errors import DtrainError
+
+_DIR = click.Path(path_type=Path, file_okay=False)
+_DEFAULT_DIR_HELP = "$DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist"
+
+
+@click.group("data")
+def data() -> None:
+    """Prepare MNIST as Arrow shards and inspect prepared data."""
+
+
+@data.command("prepare")
+@click.option(
+    "--source",
+    metavar="PATH|URL",
+    default=None,
+    help="Directory of the 4 IDX files (.gz or raw), a keras-style .npz, or an http(s) URL "
+    "serving the 4 .gz files. Default: the MNIST copy shipped with dtrain.",
+)
+@click.option(
+    "--out",
+    type=_DIR,
+    default=None,
+    show_default=_DEFAULT_DIR_HELP,
+    help="Directory to write the shards and manifest.json into.",
+)
+@click.option(
+    "--num-shards",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Number of training shards (contiguous, near-equal row counts).",
+)
+@click.option(
+    "--num-test-shards",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Number of test shards.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing prepared directory.")
+def prepare_cmd(
+    source: str | None, out: Path | None, num_shards: int, num_test_shards: int, force: bool
+) -> None:
+    """Validate a source and write it as Arrow IPC shards plus manifest.json."""
+    out_dir = out if out is not None else dataset.default_data_dir()
+    try:
+        manifest = dataset.prepare(
+            out_dir,
+            source=source,
+            num_shards=num_shards,
+            num_test_shards=num_test_shards,
+            force=force,
+        )
+    except DtrainError as e:
+        raise click.ClickException(str(e)) from None
+    train, test = manifest["splits"]["train"], manifest["splits"]["test"]
+    click.echo(
+        f"prepared {train['num_samples']} train samples in {len(train['shards'])} shards and "
+        f"{test['num_samples']} test samples in {len(test['shards'])} shards "
+        f"from {manifest['source']} into {out_dir}"
+    )
+
+
+@data.command("inspect")
+@click.argument("directory", metavar="[DIR]", type=_DIR, required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead.")
+@click.option(
+    "--verify", is_flag=True, help="Also check every shard's size and sha256 against the manifest."
+)
+def inspect_cmd(directory: Path | None, as_json: bool, verify: bool) -> None:
+    """Describe prepared data in DIR (default: $DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist)."""
+    data_dir = directory if directory is not None else dataset.default_data_dir()
+    try:
+        manifest = dataset.read_manifest(data_dir)
+        checked = dataset.verify(data_dir, manifest) if verify else 0
+    except DtrainError as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+    else:
+        click.echo(dataset.describe(manifest))
+    if verify:
+        # stderr, so that `--json --verify` still prints nothing but JSON on stdout.
+        click.echo(f"verified {checked} shards: sizes and sha256 match the manifest", err=True)

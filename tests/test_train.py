@@ -1,0 +1,189 @@
+"""Training on a real local Ray: the whole path from Arrow shards to a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cli.main import cli
+from service import checkpoint, dataset
+from service.config import TrainConfig
+from service.driver import Trainer
+from service.errors import DtrainError
+from service.optim import OptimizerConfig
+from service.server import ServerCore
+from workers.core import WorkerCore
+from workers.model import init_params
+from workers.plan import split_evenly, worker_batch_sizes
+from workers.shards import read_rows, to_float
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def small_config(data_dir: Path, run_dir: Path, **overrides) -> TrainConfig:
+    kwargs = {
+        "data_dir": data_dir,
+        "run_dir": run_dir,
+        "epochs": 1,
+        "batch_size": 128,
+        "num_workers": 2,
+        "max_steps": 25,
+    }
+    kwargs.update(overrides)
+    return TrainConfig(**kwargs)
+
+
+def test_train_writes_checkpoint_history_and_summary(prepared_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(prepared_mnist, tmp_path / "run")
+    summary = Trainer(config).run()
+    assert summary.steps == 25 and summary.epochs == 1
+    assert summary.test_accuracy > 0.8  # 25 steps of 128 already learn most of MNIST
+    ckpt = checkpoint.load(Path(summary.checkpoint))
+    assert ckpt.spec == config.model and ckpt.meta["step"] == 25
+    saved = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert saved["test_accuracy"] == summary.test_accuracy
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 128
+
+
+def test_ray_run_equals_the_plain_loop(prepared_mnist: Path, tmp_path: Path) -> None:
+    """The actors add no math: 10 steps on Ray give the weights of the same steps in-process."""
+    config = small_config(prepared_mnist, tmp_path / "run", max_steps=10, num_workers=3)
+    summary = Trainer(config).run()
+    got = checkpoint.load(Path(summary.checkpoint)).params
+
+    manifest = dataset.read_manifest(prepared_mnist)
+    n = manifest["splits"]["train"]["num_samples"]
+    ranges = split_evenly(n, 3)
+    sizes = worker_batch_sizes(128, [b - a for a, b in ranges])
+    workers = []
+    for rank, (a, b) in enumerate(ranges):
+        x, y = read_rows(prepared_mnist, manifest, "train", a, b)
+        workers.append(
+            WorkerCore(
+                rank=rank,
+                spec=config.model,
+                images=to_float(x),
+                labels=y,
+                batch_slice=sizes[rank],
+                seed=config.seed,
+            )
+        )
+    server = ServerCore(
+        spec=config.model,
+        optimizer=config.optimizer,
+        params=init_params(config.model, config.seed),
+        total_steps=10,
+    )
+    for step in range(1, 11):
+        res = [w.compute_gradients(server.params, 1, step - 1) for w in workers]
+        server.apply_gradients(step, [r[0].copy() for r in res], [r[1] for r in res])
+    # BLAS thread counts differ between the actors and this process, so allow rounding noise.
+    np.testing.assert_allclose(got, server.params, rtol=0, atol=1e-5)
+    assert not np.array_equal(got, init_params(config.model, config.seed))
+
+
+def test_same_seed_same_weights(prepared_mnist: Path, tmp_path: Path) -> None:
+    a = Trainer(small_config(prepared_mnist, tmp_path / "a", max_steps=8)).run()
+    b = Trainer(small_config(prepared_mnist, tmp_path / "b", max_steps=8)).run()
+    c = Trainer(small_config(prepared_mnist, tmp_path / "c", max_steps=8, seed=1)).run()
+    wa, wb, wc = (checkpoint.load(Path(s.checkpoint)).params for s in (a, b, c))
+    np.testing.assert_array_equal(wa, wb)
+    assert not np.array_equal(wa, wc)
+
+
+def test_divergence_stops_with_the_step_named(prepared_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(
+        prepared_mnist,
+        tmp_path / "run",
+        max_steps=60,
+        optimizer=OptimizerConfig(learning_rate=1e30, schedule="constant"),
+    )
+    with pytest.raises(DtrainError, match=r"diverged at step \d+ .*learning-rate"):
+        Trainer(config).run()
+
+
+def test_more_workers_than_samples_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = small_config(tiny_dataset, tmp_path / "run", num_workers=40, batch_size=64)
+    with pytest.raises(DtrainError, match=r"num_workers \(40\) is more than the \d+ training"):
+        Trainer(config).run()
+
+
+def test_too_few_cluster_cpus_is_an_error_not_a_hang(prepared_mnist: Path, tmp_path: Path) -> None:
+    config = small_config(prepared_mnist, tmp_path / "run", num_cpus_per_worker=1000)
+    with pytest.raises(DtrainError, match=r"cluster has .* CPUs"):
+        Trainer(config).run()
+
+
+def test_cli_train_json_and_evaluate_predict(prepared_mnist: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    run_dir = tmp_path / "run"
+    job = tmp_path / "job.toml"
+    job.write_text("[train]\nmax-steps = 15\nbatch_size = 64\nhidden-sizes = [32]\nepochs = 3\n")
+    result = runner.invoke(
+        cli,
+        [
+            "train",
+            "--config",
+            str(job),
+            "--epochs",
+            "1",
+            "--data-dir",
+            str(prepared_mnist),
+            "--run-dir",
+            str(run_dir),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in (
+        "test_accuracy",
+        "test_loss",
+        "train_accuracy",
+        "epochs",
+        "steps",
+        "num_workers",
+        "batch_size",
+        "wall_seconds",
+        "train_seconds",
+        "samples_per_second",
+        "checkpoint",
+    ):
+        assert key in summary
+    assert summary["steps"] == 15 and summary["batch_size"] == 64 and summary["epochs"] == 1
+    assert checkpoint.load(Path(summary["checkpoint"])).spec.hidden_sizes == (32,)
+
+    ev = runner.invoke(
+        cli, ["evaluate", summary["checkpoint"], "--data-dir", str(prepared_mnist), "--json"]
+    )
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+
+    pr = runner.invoke(
+        cli,
+        [
+            "predict",
+            summary["checkpoint"],
+            "--test-samples",
+            "5",
+            "--data-dir",
+            str(prepared_mnist),
+            "--json",
+        ],
+    )
+    assert pr.exit_code == 0, pr.output
+    rows = [json.loads(line) for line in pr.stdout.splitlines()]
+    assert len(rows) == 5 and all(0 <= r["prediction"] <= 9 for r in rows)
+
+    images = tmp_path / "imgs.npy"
+    x, _ = read_rows(prepared_mnist, dataset.read_manifest(prepared_mnist), "test", 0, 3)
+    np.save(images, x.reshape(3, 28, 28))
+    pr2 = runner.invoke(cli, ["predict", summary["checkpoint"], str(images), "--json"])
+    assert pr2.exit_code == 0, pr2.output
+    assert [json.loads(r)["prediction"] for r in pr2.stdout.splitlines()] == [
+        r["prediction"] for r in rows[:3]
+    ]

@@ -1,0 +1,212 @@
+"""Reading prepared MNIST shards: Arrow IPC files, memory-mapped, described by manifest.json.
+
+This module is imported by worker actors and by the driver's data preparation alike, so it holds
+the on-disk contract (``SCHEMA`` and the image size) and depends on nothing in ``service/``.
+Its errors are ``ShardError`` with a one-line message; the service maps them to ``DtrainError``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+IMAGE_SHAPE: tuple[int, int] = (28, 28)
+IMAGE_SIZE: int = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+NUM_CLASSES: int = 10
+
+SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("image", pa.list_(pa.uint8(), IMAGE_SIZE), nullable=False),
+        pa.field("label", pa.uint8(), nullable=False),
+    ]
+)
+
+# Enough for every shard of a few prepared directories; each entry is only a view of a memory map.
+_SHARD_CACHE_SIZE = 64
+
+
+class ShardError(ValueError):
+    """A prepared shard or its manifest entry is missing, malformed or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardEntry:
+    """One shard as the manifest lists it: rows [offset, offset + num_rows) of its split."""
+
+    file: str
+    num_rows: int
+    offset: int
+
+
+def one_line(text: object) -> str:
+    """Collapse a message onto one line: the CLI prints errors as a single line."""
+    return " ".join(str(text).split())
+
+
+def schema_summary(schema: pa.Schema) -> str:
+    """``name: type`` pairs on one line, since ``str(schema)`` spans several."""
+    nullability = {True: "", False: " not null"}
+    return ", ".join(f"{f.name}: {f.type}{nullability[f.nullable]}" for f in schema)
+
+
+def shard_entries(manifest: dict[str, Any], split: str) -> list[ShardEntry]:
+    """The split's shards in manifest order, checked to tile rows 0..num_samples exactly."""
+    try:
+        info = manifest["splits"][split]
+    except (KeyError, TypeError):
+        raise ShardError(f"manifest has no split {split!r}") from None
+    try:
+        num_samples = info["num_samples"]
+        raw = info["shards"]
+        entries = [ShardEntry(s["file"], s["num_rows"], s["offset"]) for s in raw]
+    except (KeyError, TypeError) as e:
+        raise ShardError(f"manifest split {split!r} is malformed (missing {e})") from None
+    if not _is_count(num_samples):
+        raise ShardError(f"manifest split {split!r}: num_samples {num_samples!r} is not a count")
+    if not entries:
+        raise ShardError(f"manifest split {split!r} lists no shards")
+    expected_offset = 0
+    for entry in entries:
+        _check_entry(entry, split, expected_offset)
+        expected_offset += entry.num_rows
+    if expected_offset != num_samples:
+        raise ShardError(
+            f"manifest split {split!r}: shards hold {expected_offset} rows "
+            f"but num_samples is {num_samples}"
+        )
+    return entries
+
+
+def _is_count(value: object) -> bool:
+    # bool is an int subclass, and JSON true must not pass for 1.
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_entry(entry: ShardEntry, split: str, expected_offset: int) -> None:
+    # The name is joined onto the data directory, so a path here could read any file.
+    if (
+        not isinstance(entry.file, str)
+        or entry.file in ("", ".", "..")
+        or Path(entry.file).name != entry.file
+    ):
+        raise ShardError(
+            f"manifest split {split!r}: shard file {entry.file!r} is not a plain file name"
+        )
+    if not _is_count(entry.num_rows) or entry.num_rows == 0:
+        raise ShardError(
+            f"{entry.file}: manifest num_rows {entry.num_rows!r} is not a positive count"
+        )
+    if entry.offset != expected_offset or not _is_count(entry.offset):
+        raise ShardError(
+            f"{entry.file}: manifest offset {entry.offset!r} should be {expected_offset} "
+            "(shards must tile the split in order)"
+        )
+
+
+def read_rows(
+    data_dir: Path, manifest: dict[str, Any], split: str, start: int, stop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows [start, stop) of a split, reading across shard boundaries as one sequence.
+
+    Returns (images (n, 784) uint8, labels (n,) uint8). When the rows lie in one shard the arrays
+    are read-only views of its memory map (no copy); across shards they are a fresh concatenation.
+    """
+    entries = shard_entries(manifest, split)
+    total = entries[-1].offset + entries[-1].num_rows
+    if not (0 <= start <= stop <= total):
+        raise ShardError(f"split {split!r}: rows [{start}, {stop}) are outside [0, {total})")
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for entry in entries:
+        lo = max(start, entry.offset) - entry.offset
+        hi = min(stop, entry.offset + entry.num_rows) - entry.offset
+        if lo >= hi:
+            continue
+        shard_images, shard_labels = _load_shard(Path(data_dir) / entry.file, entry.num_rows)
+        images.append(shard_images[lo:hi])
+        labels.append(shard_labels[lo:hi])
+    if not images:
+        return np.empty((0, IMAGE_SIZE), np.uint8), np.empty(0, np.uint8)
+    if len(images) == 1:
+        return images[0], labels[0]
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 pixels -> float32 in [0, 1], the network's input scaling."""
+    out = np.asarray(images).astype(np.float32)
+    out /= np.float32(255.0)
+    return out
+
+
+def _load_shard(path: Path, expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ShardError(f"{path.name}: shard file is missing from {path.parent}") from None
+    except OSError as e:
+        raise ShardError(f"{path.name}: cannot stat shard ({one_line(e.strerror or e)})") from None
+    # Keyed on identity and mtime so that a re-prepared directory (new files renamed in) is reread,
+    # while a worker drawing one batch per step validates each shard once, not once per step.
+    return _open_shard(str(path), st.st_ino, st.st_size, st.st_mtime_ns, expected_rows)
+
+
+@functools.lru_cache(maxsize=_SHARD_CACHE_SIZE)
+def _open_shard(
+    path: str, inode: int, size: int, mtime_ns: int, expected_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+    del inode, size, mtime_ns  # cache key only
+    name = Path(path).name
+    try:
+        # The returned arrays keep the mapping alive after the file object is gone.
+        with pa.memory_map(path, "r") as source:
+            reader = pa.ipc.open_file(source)
+            if not reader.schema.equals(SCHEMA):
+                raise ShardError(
+                    f"{name}: schema ({schema_summary(reader.schema)}) is not the expected "
+                    f"({schema_summary(SCHEMA)})"
+                )
+            table = reader.read_all()
+            # Full validation catches buffers that disagree with the footer before NumPy sees them.
+            table.validate(full=True)
+    except (OSError, pa.ArrowException) as e:
+        raise ShardError(f"{name}: not a readable Arrow IPC file ({one_line(e)})") from None
+    if table.num_rows == 0:
+        raise ShardError(f"{name}: shard is empty (0 rows)")
+    if table.num_rows != expected_rows:
+        raise ShardError(
+            f"{name}: shard has {table.num_rows} rows, the manifest says {expected_rows}"
+        )
+    return _table_arrays(table, name)
+
+
+def _table_arrays(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+    image_col = _single_chunk(table.column("image"))
+    label_col = _single_chunk(table.column("label"))
+    flat = image_col.flatten()
+    if image_col.null_count or flat.null_count or label_col.null_count:
+        raise ShardError(f"{name}: shard holds null images or labels")
+    # (n * 784,) -> (n, 784); zero-copy for the single-batch files prepare writes.
+    images = flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, IMAGE_SIZE)
+    labels = label_col.to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    if bad.size:
+        row = int(bad[0])
+        raise ShardError(f"{name}: label {int(labels[row])} at row {row} is out of range 0..9")
+    # Cached arrays are shared by every caller; a copy made by concatenation must not be mutable.
+    images.flags.writeable = False
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
+    # Files from prepare hold one record batch; others are combined (a copy) rather than refused.
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return pa.concat_arrays(column.chunks)
