@@ -195,7 +195,28 @@ def cli() -> None:
     type=click.FloatRange(min=0, min_open=True),
     default=120.0,
     show_default=True,
-    help="Seconds a step may take before the run is declared hung.",
+    help="Seconds a step may take before its actors are declared hung and rebuilt.",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=200,
+    show_default=True,
+    help="Steps between checkpoints of the full training state (0: only the final one).",
+)
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Actor restarts (per worker, and rebuilds from a checkpoint) before giving up.",
+)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Continue the run in this run directory from its newest whole checkpoint.",
 )
 @click.option(
     "--address",
@@ -203,44 +224,91 @@ def cli() -> None:
     help="Ray cluster to join, e.g. 10.0.0.1:6379. [default: $RAY_ADDRESS, else a new local Ray]",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.pass_context
 @user_errors
-def train(as_json: bool, **opts: Any) -> None:
+def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
     """Train the network on a local Ray or a cluster, then save a checkpoint."""
-    from service.config import TrainConfig
-    from service.dataset import default_data_dir
     from service.driver import Trainer
     from service.observers import ConsoleProgress, HistoryWriter
-    from service.optim import OptimizerConfig
-    from workers.model import ModelSpec
 
-    try:
-        config = TrainConfig(
-            data_dir=opts["data_dir"] or default_data_dir(),
-            run_dir=opts["run_dir"] or default_run_dir(),
-            epochs=opts["epochs"],
-            batch_size=opts["batch_size"],
-            num_workers=opts["num_workers"],
-            model=ModelSpec(hidden_sizes=opts["hidden_sizes"]),
-            optimizer=OptimizerConfig(
-                name=opts["optimizer"],
-                learning_rate=opts["learning_rate"],
-                momentum=opts["momentum"],
-                schedule=opts["lr_schedule"],
-            ),
-            seed=opts["seed"],
-            num_cpus_per_worker=opts["cpus_per_worker"],
-            max_steps=opts["max_steps"],
-            eval_every_epoch=opts["eval_every_epoch"],
-            step_timeout_seconds=opts["step_timeout"],
-        )
-    except ValueError as e:
-        raise click.UsageError(str(e)) from e
+    if resume_dir is not None:
+        given = {
+            name: value
+            for name, value in opts.items()
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        }
+        config = build_config(given, base=saved_config(resume_dir), run_dir=resume_dir)
+    else:
+        config = build_config(opts)
     observers = [HistoryWriter(config.run_dir / "history.jsonl"), ConsoleProgress()]
-    summary = Trainer(config, observers, address=opts["address"]).run()
+    summary = Trainer(
+        config, observers, address=opts["address"], resume=resume_dir is not None
+    ).run()
     if as_json:
         out = summary.to_dict()
         out.pop("history")
         click.echo(json.dumps(out))
+
+
+# `dtrain train` option -> field of TrainConfig.to_dict() ("a.b" for nested configs).
+OPTION_FIELDS = {
+    "data_dir": "data_dir",
+    "run_dir": "run_dir",
+    "epochs": "epochs",
+    "batch_size": "batch_size",
+    "num_workers": "num_workers",
+    "hidden_sizes": "model.hidden_sizes",
+    "optimizer": "optimizer.name",
+    "learning_rate": "optimizer.learning_rate",
+    "momentum": "optimizer.momentum",
+    "lr_schedule": "optimizer.schedule",
+    "seed": "seed",
+    "cpus_per_worker": "num_cpus_per_worker",
+    "max_steps": "max_steps",
+    "eval_every_epoch": "eval_every_epoch",
+    "step_timeout": "step_timeout_seconds",
+    "checkpoint_every": "checkpoint_every",
+    "max_restarts": "max_restarts",
+}
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DtrainError(f"{run_dir} is not a dtrain run directory (no config.json)") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DtrainError(f"{path} is unreadable: {e}") from e
+
+
+def build_config(
+    opts: dict[str, Any], base: dict[str, Any] | None = None, run_dir: Path | None = None
+) -> Any:
+    """A TrainConfig from options laid over ``base`` (a saved config.json) or the defaults."""
+    from service.config import TrainConfig
+    from service.dataset import default_data_dir
+
+    d: dict[str, Any] = {"model": {}, "optimizer": {}, **(base or {})}
+    d["model"], d["optimizer"] = dict(d["model"]), dict(d["optimizer"])
+    for option, value in opts.items():
+        target = OPTION_FIELDS.get(option)
+        if target is None or (value is None and option in ("data_dir", "run_dir")):
+            continue
+        if "." in target:
+            section, key = target.split(".")
+            d[section][key] = value
+        else:
+            d[target] = value
+    d.setdefault("data_dir", default_data_dir())
+    if d.get("run_dir") is None:
+        d["run_dir"] = default_run_dir()
+    if run_dir is not None:
+        d["run_dir"] = run_dir
+    try:
+        return TrainConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(str(e)) from e
 
 
 @cli.command()

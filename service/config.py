@@ -28,6 +28,10 @@ class TrainConfig:
     step_timeout_seconds: float = 120.0
     # Steps the driver submits ahead of the one it waits for: hides the driver's own latency.
     pipeline_depth: int = 2
+    # Steps between checkpoints of the server's full state (0: only the final one).
+    checkpoint_every: int = 200
+    # Rebuilds of lost actors (and Ray restarts of each worker) before the run gives up.
+    max_restarts: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -41,6 +45,10 @@ class TrainConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("checkpoint_every", "max_restarts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.num_cpus_per_worker < 0:
@@ -59,3 +67,11 @@ class TrainConfig:
         d["run_dir"] = str(self.run_dir)
         d["model"]["hidden_sizes"] = list(self.model.hidden_sizes)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of ``to_dict`` (a run's config.json); unknown keys are an error."""
+        d = dict(d)
+        d["model"] = ModelSpec(**{**d.get("model", {})})
+        d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
+        return cls(**d)

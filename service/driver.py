@@ -11,10 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,16 +78,75 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+class ActorLost(DtrainError):
+    """An actor died or hung: recoverable by rebuilding the actors from the last checkpoint."""
+
+
+@dataclass
+class Progress:
+    """Everything besides the server's arrays that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    epoch_loss: float = 0.0
+    epoch_correct: int = 0
+    epoch_samples: int = 0
+    epoch_seconds: float = 0.0
+    total_samples: int = 0
+    train_seconds: float = 0.0
+    restarts: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def copy(self) -> Progress:
+        return Progress(**{**asdict(self), "history": [dict(h) for h in self.history]})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Progress:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Snapshot:
+    """The server's state and the driver's progress at the same step."""
+
+    params: np.ndarray
+    velocity: np.ndarray
+    progress: Progress
+
+
+# Fields of the config that decide the weights: a resumed run must match them exactly.
+RESUME_MUST_MATCH = (
+    "batch_size",
+    "num_workers",
+    "model",
+    "optimizer",
+    "seed",
+    "epochs",
+    "max_steps",
+)
+
+
 class Trainer:
     """One training run. ``run()`` returns the summary or raises ``DtrainError``."""
 
     def __init__(
-        self, config: TrainConfig, observers: Sequence[Observer] = (), address: str | None = None
+        self,
+        config: TrainConfig,
+        observers: Sequence[Observer] = (),
+        address: str | None = None,
+        resume: bool = False,
     ) -> None:
         self.config = config
         self.observers = list(observers)
         self.address = address
+        self.resume = resume
         self.net = Network(config.model)
+        self._test: tuple[np.ndarray, np.ndarray] | None = None
+        # The newest state known to be whole: where a rebuild after a lost actor restarts.
+        self._latest_snapshot: Snapshot | None = None
+        # The live actors, for observers that inspect them (and the chaos tests).
+        self.server: Any = None
+        self.workers: list[Any] = []
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -115,6 +177,17 @@ class Trainer:
                 "--cpus-per-worker"
             )
 
+    def _initial_snapshot(self) -> Snapshot:
+        c = self.config
+        if not self.resume:
+            params = init_params(c.model, c.seed)
+            return Snapshot(params, np.zeros_like(params), Progress())
+        ckpt = latest_checkpoint(c.run_dir)
+        check_resumable(ckpt, c)
+        velocity = ckpt.velocity if ckpt.velocity is not None else np.zeros_like(ckpt.params)
+        progress = Progress.from_dict(ckpt.meta.get("progress", {}))
+        return Snapshot(np.array(ckpt.params), np.array(velocity), progress)
+
     # --- the run ------------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
@@ -125,17 +198,19 @@ class Trainer:
         total_steps = spe * c.epochs
         if c.max_steps is not None:
             total_steps = min(total_steps, c.max_steps)
+        snapshot = self._initial_snapshot()
         try:
             test_x, test_y = read_rows(
                 c.data_dir, manifest, "test", 0, manifest["splits"]["test"]["num_samples"]
             )
         except ShardError as e:
             raise DtrainError(str(e)) from e
-        test_x = to_float(test_x)
+        self._test = (to_float(test_x), test_y)
         c.run_dir.mkdir(parents=True, exist_ok=True)
-        checkpoint.atomic_write_bytes(
-            c.run_dir / "config.json", json.dumps(c.to_dict(), indent=2).encode()
-        )
+        if not self.resume:
+            checkpoint.atomic_write_bytes(
+                c.run_dir / "config.json", json.dumps(c.to_dict(), indent=2).encode()
+            )
         info = JobInfo(
             version=__version__,
             run_dir=str(c.run_dir),
@@ -158,43 +233,10 @@ class Trainer:
             num_cpus = max(os.cpu_count() or 1, int(np.ceil(c.num_workers * c.num_cpus_per_worker)))
             with ray_session(self.address, num_cpus):
                 self._check_resources()
-                params, history, train_seconds, train_stats = self._train(
-                    manifest, ranges, slices, spe, total_steps, test_x, test_y
+                final = self._train_with_recovery(
+                    manifest, ranges, slices, spe, total_steps, snapshot
                 )
-            test_loss, test_acc = self.net.evaluate(params, test_x, test_y)
-            ckpt_path = c.run_dir / "checkpoint.npz"
-            steps_done = history[-1]["steps"] if history else 0
-            checkpoint.save(
-                ckpt_path,
-                checkpoint.Checkpoint(
-                    spec=c.model,
-                    params=params,
-                    meta={"step": steps_done, "test_accuracy": test_acc, "config": c.to_dict()},
-                ),
-            )
-            self._emit("on_checkpoint", ckpt_path, steps_done)
-            samples = train_stats["samples"]
-            summary = RunSummary(
-                test_accuracy=test_acc,
-                test_loss=test_loss,
-                train_accuracy=history[-1]["train_accuracy"] if history else 0.0,
-                train_loss=history[-1]["train_loss"] if history else 0.0,
-                epochs=len(history),
-                steps=steps_done,
-                num_workers=c.num_workers,
-                batch_size=c.batch_size,
-                learning_rate=c.optimizer.learning_rate,
-                optimizer=c.optimizer.name,
-                wall_seconds=time.perf_counter() - wall_start,
-                train_seconds=train_seconds,
-                samples_per_second=samples / train_seconds if train_seconds > 0 else 0.0,
-                checkpoint=str(ckpt_path),
-                run_dir=str(c.run_dir),
-                history=history,
-            )
-            checkpoint.atomic_write_bytes(
-                c.run_dir / "summary.json", json.dumps(summary.to_dict(), indent=2).encode()
-            )
+            summary = self._finish(final, wall_start)
             return summary
         except BaseException as e:
             error = e
@@ -202,25 +244,134 @@ class Trainer:
         finally:
             self._emit("on_end", summary, error)
 
+    def _finish(self, final: Snapshot, wall_start: float) -> RunSummary:
+        c = self.config
+        assert self._test is not None
+        progress = final.progress
+        test_loss, test_acc = self.net.evaluate(final.params, *self._test)
+        ckpt_path = c.run_dir / FINAL_CHECKPOINT
+        self._save(ckpt_path, final, extra={"test_accuracy": test_acc})
+        history = progress.history
+        summary = RunSummary(
+            test_accuracy=test_acc,
+            test_loss=test_loss,
+            train_accuracy=history[-1]["train_accuracy"] if history else 0.0,
+            train_loss=history[-1]["train_loss"] if history else 0.0,
+            epochs=len(history),
+            steps=progress.step,
+            num_workers=c.num_workers,
+            batch_size=c.batch_size,
+            learning_rate=c.optimizer.learning_rate,
+            optimizer=c.optimizer.name,
+            wall_seconds=time.perf_counter() - wall_start,
+            train_seconds=progress.train_seconds,
+            samples_per_second=(
+                progress.total_samples / progress.train_seconds if progress.train_seconds else 0.0
+            ),
+            checkpoint=str(ckpt_path),
+            run_dir=str(c.run_dir),
+            restarts=progress.restarts,
+            history=history,
+        )
+        checkpoint.atomic_write_bytes(
+            c.run_dir / "summary.json", json.dumps(summary.to_dict(), indent=2).encode()
+        )
+        return summary
+
+    def _save(self, path: Path, snap: Snapshot, extra: dict[str, Any] | None = None) -> None:
+        meta = {
+            "step": snap.progress.step,
+            "progress": asdict(snap.progress),
+            "config": self.config.to_dict(),
+            **(extra or {}),
+        }
+        checkpoint.save(
+            path,
+            checkpoint.Checkpoint(
+                spec=self.config.model, params=snap.params, velocity=snap.velocity, meta=meta
+            ),
+        )
+        self._emit("on_checkpoint", path, snap.progress.step)
+
+    def _save_periodic(self, snap: Snapshot) -> None:
+        directory = self.config.run_dir / CHECKPOINT_DIR
+        self._save(directory / f"step-{snap.progress.step:08d}.npz", snap)
+        # Keep the newest two: one may be mid-write when the machine dies, the other is whole.
+        for old in sorted(directory.glob("step-*.npz"))[:-2]:
+            old.unlink(missing_ok=True)
+
+    def _train_with_recovery(
+        self,
+        manifest: dict[str, Any],
+        ranges: list[tuple[int, int]],
+        slices: list[int],
+        spe: int,
+        total_steps: int,
+        snapshot: Snapshot,
+    ) -> Snapshot:
+        """Run the steps; when an actor is lost, rebuild all actors from the last snapshot.
+
+        Workers that crash are first restarted by Ray itself (``max_restarts``) and their
+        in-flight steps retried, which needs no rollback because a step is deterministic. This
+        outer loop catches the rest: a lost server, a hung actor, a worker out of restarts.
+        """
+        c = self.config
+        last_good = snapshot
+        while True:
+            actors: list[Any] = []
+            try:
+                server, workers = self._start_actors(
+                    manifest, ranges, slices, total_steps, last_good
+                )
+                actors = [server, *workers]
+                return self._train(server, workers, spe, total_steps, last_good)
+            except ActorLost as e:
+                snap = self._latest_snapshot or last_good
+                restarts = snap.progress.restarts + 1
+                if restarts > c.max_restarts:
+                    raise DtrainError(f"giving up after {c.max_restarts} restarts: {e}") from e
+                print(
+                    f"dtrain: {e}; restarting the actors from step {snap.progress.step} "
+                    f"(restart {restarts} of {c.max_restarts})",
+                    file=sys.stderr,
+                )
+                last_good = Snapshot(snap.params, snap.velocity, snap.progress.copy())
+                last_good.progress.restarts = restarts
+                self._emit("on_health", 0, restarts, 1)
+            finally:
+                for actor in actors:
+                    ray.kill(actor)
+
     def _start_actors(
         self,
         manifest: dict[str, Any],
         ranges: list[tuple[int, int]],
         slices: list[int],
         total_steps: int,
+        snapshot: Snapshot,
     ) -> tuple[Any, list[Any]]:
         c = self.config
         server = (
             ray.remote(ParameterServer)
-            .options(num_cpus=0, name=None)
+            # The server's state cannot be rebuilt by re-running its constructor, so Ray must
+            # not restart it: the driver does, from the last snapshot.
+            .options(num_cpus=0, max_restarts=0)
             .remote(
                 spec=c.model,
                 optimizer=c.optimizer,
-                params=init_params(c.model, c.seed),
+                params=snapshot.params,
+                velocity=snapshot.velocity,
+                step=snapshot.progress.step,
                 total_steps=total_steps,
             )
         )
-        worker_cls = ray.remote(Worker).options(num_cpus=c.num_cpus_per_worker)
+        worker_cls = ray.remote(Worker).options(
+            num_cpus=c.num_cpus_per_worker,
+            # A worker's constructor reloads the same rows, and a step is deterministic, so Ray
+            # may restart a dead worker and re-run its in-flight steps without changing a bit.
+            max_restarts=c.max_restarts,
+            max_task_retries=c.max_restarts,
+        )
         workers = [
             worker_cls.remote(
                 rank=rank,
@@ -234,55 +385,58 @@ class Trainer:
             for rank, row_range in enumerate(ranges)
         ]
         self._get([w.ready.remote() for w in workers], ACTOR_START_TIMEOUT_SECONDS, "start")
+        self.server, self.workers = server, workers
+        self._emit("on_health", len(workers), snapshot.progress.restarts, 0)
         return server, workers
 
     def _get(self, refs: Any, timeout: float, what: str) -> Any:
         try:
             return ray.get(refs, timeout=timeout)
         except GetTimeoutError as e:
-            raise DtrainError(
-                f"{what} did not finish within {timeout:g}s: a worker is hung or the cluster "
-                "cannot place the actors"
-            ) from e
+            raise ActorLost(f"{what} did not finish within {timeout:g}s") from e
         except RayActorError as e:
-            raise DtrainError(f"an actor died during {what}: {first_line(e)}") from e
+            raise ActorLost(f"an actor died during {what} ({first_line(e)})") from e
         except RayTaskError as e:
             cause = e.cause if isinstance(e.cause, Exception) else e
+            if isinstance(cause, RayActorError):
+                raise ActorLost(f"an actor died during {what} ({first_line(cause)})") from e
             raise DtrainError(f"{what} failed: {first_line(cause)}") from e
 
     def _train(
         self,
-        manifest: dict[str, Any],
-        ranges: list[tuple[int, int]],
-        slices: list[int],
+        server: Any,
+        workers: list[Any],
         spe: int,
         total_steps: int,
-        test_x: np.ndarray,
-        test_y: np.ndarray,
-    ) -> tuple[np.ndarray, list[dict[str, Any]], float, dict[str, int]]:
+        start: Snapshot,
+    ) -> Snapshot:
         c = self.config
-        server, workers = self._start_actors(manifest, ranges, slices, total_steps)
+        progress = start.progress.copy()
+        self._latest_snapshot = start
         weights = server.get_weights.remote()
-        pending: deque[tuple[Any, int, float]] = deque()
-        history: list[dict[str, Any]] = []
-        epoch_acc = {"loss": 0.0, "correct": 0, "samples": 0}
-        totals = {"samples": 0}
-        train_start = time.perf_counter()
-        last_done = train_start
+        # (stats ref, epoch, state ref or None) per submitted step, oldest first
+        pending: deque[tuple[Any, int, Any]] = deque()
+        segment_start = time.perf_counter()
+        last_done = segment_start
 
-        def consume(stats_ref: Any, epoch: int, submitted: float) -> None:
+        def consume(stats_ref: Any, epoch: int, state_ref: Any) -> None:
             nonlocal last_done
-            s: ServerStats = self._get(stats_ref, c.step_timeout_seconds, f"step {len(history)}")
+            what = f"step {progress.step + 1}"
+            s: ServerStats = self._get(stats_ref, c.step_timeout_seconds, what)
             now = time.perf_counter()
             if not s.finite:
                 raise DtrainError(
                     f"training diverged at step {s.step} (epoch {epoch}): the loss or gradient "
-                    f"is not finite; lower --learning-rate (now {c.optimizer.learning_rate:g})"
+                    f"is not finite; lower --learning-rate (now {c.optimizer.learning_rate:g}); "
+                    f"the last good checkpoint is kept in {c.run_dir / CHECKPOINT_DIR}"
                 )
-            epoch_acc["loss"] += s.loss_sum
-            epoch_acc["correct"] += s.correct
-            epoch_acc["samples"] += s.samples
-            totals["samples"] += s.samples
+            progress.step = s.step
+            progress.epoch_loss += s.loss_sum
+            progress.epoch_correct += s.correct
+            progress.epoch_samples += s.samples
+            progress.total_samples += s.samples
+            progress.train_seconds += now - last_done
+            progress.epoch_seconds += now - last_done
             self._emit(
                 "on_step",
                 StepStats(
@@ -301,51 +455,105 @@ class Trainer:
                 ),
             )
             last_done = now
+            if state_ref is not None:
+                state = self._get(state_ref, c.step_timeout_seconds, "checkpoint")
+                snap = Snapshot(state["params"], state["velocity"], progress.copy())
+                self._save_periodic(snap)
+                self._latest_snapshot = snap
+                last_done = time.perf_counter()
 
-        step = 0
-        for epoch in range(1, c.epochs + 1):
-            epoch_start = time.perf_counter()
-            epoch_acc.update(loss=0.0, correct=0, samples=0)
-            for s_in_epoch in range(spe):
-                if step >= total_steps:
-                    break
-                step += 1
-                outs = [
-                    w.compute_gradients.options(num_returns=2).remote(weights, epoch, s_in_epoch)
-                    for w in workers
-                ]
-                weights, stats_ref = server.apply_gradients.options(num_returns=2).remote(
-                    step, *[g for g, _ in outs], *[st for _, st in outs]
-                )
-                pending.append((stats_ref, epoch, time.perf_counter()))
-                while len(pending) > c.pipeline_depth:
-                    consume(*pending.popleft())
+        def drain() -> None:
             while pending:
                 consume(*pending.popleft())
-            if epoch_acc["samples"] == 0:
-                break
-            epoch_seconds = time.perf_counter() - epoch_start
-            test_loss = test_acc = None
-            if c.eval_every_epoch or epoch == c.epochs or step >= total_steps:
-                params = self._get(weights, c.step_timeout_seconds, "fetching weights")
-                test_loss, test_acc = self.net.evaluate(params, test_x, test_y)
-            n = epoch_acc["samples"]
-            record = EpochStats(
-                epoch=epoch,
-                steps=step,
-                train_loss=epoch_acc["loss"] / n,
-                train_accuracy=epoch_acc["correct"] / n,
-                test_loss=test_loss,
-                test_accuracy=test_acc,
-                seconds=epoch_seconds,
-                samples_per_second=n / epoch_seconds,
+
+        step = progress.step
+        while step < total_steps:
+            step += 1
+            epoch, s_in_epoch = divmod(step - 1, spe)
+            epoch += 1
+            outs = [
+                w.compute_gradients.options(num_returns=2).remote(weights, epoch, s_in_epoch)
+                for w in workers
+            ]
+            weights, stats_ref = server.apply_gradients.options(num_returns=2).remote(
+                step, *[g for g, _ in outs], *[st for _, st in outs]
             )
-            history.append(record.to_dict())
-            self._emit("on_epoch", record)
-            if step >= total_steps:
-                break
-        train_seconds = time.perf_counter() - train_start
-        params = np.array(self._get(weights, c.step_timeout_seconds, "fetching weights"))
-        for actor in [server, *workers]:
-            ray.kill(actor)
-        return params, history, train_seconds, totals
+            wants_ckpt = c.checkpoint_every and step % c.checkpoint_every == 0
+            state_ref = server.state.remote() if wants_ckpt and step < total_steps else None
+            pending.append((stats_ref, epoch, state_ref))
+            while len(pending) > c.pipeline_depth:
+                consume(*pending.popleft())
+            if s_in_epoch == spe - 1 or step == total_steps:
+                drain()
+                self._end_epoch(progress, epoch, weights)
+                last_done = time.perf_counter()
+        drain()
+        state = self._get(server.state.remote(), c.step_timeout_seconds, "fetching weights")
+        return Snapshot(np.array(state["params"]), np.array(state["velocity"]), progress)
+
+    def _end_epoch(self, progress: Progress, epoch: int, weights_ref: Any) -> None:
+        c = self.config
+        n = progress.epoch_samples
+        if n == 0:
+            return
+        test_loss = test_acc = None
+        if c.eval_every_epoch and self._test is not None:
+            params = self._get(weights_ref, c.step_timeout_seconds, "fetching weights")
+            test_loss, test_acc = self.net.evaluate(params, *self._test)
+        seconds = progress.epoch_seconds
+        record = EpochStats(
+            epoch=epoch,
+            steps=progress.step,
+            train_loss=progress.epoch_loss / n,
+            train_accuracy=progress.epoch_correct / n,
+            test_loss=test_loss,
+            test_accuracy=test_acc,
+            seconds=seconds,
+            samples_per_second=n / seconds if seconds > 0 else 0.0,
+        )
+        progress.history.append(record.to_dict())
+        progress.epoch_loss, progress.epoch_correct, progress.epoch_samples = 0.0, 0, 0
+        progress.epoch_seconds = 0.0
+        self._emit("on_epoch", record)
+
+
+FINAL_CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def latest_checkpoint(run_dir: Path) -> checkpoint.Checkpoint:
+    """The newest checkpoint of a run that loads whole; damaged ones are skipped, loudly."""
+    candidates = sorted((run_dir / CHECKPOINT_DIR).glob("step-*.npz"), reverse=True)
+    final = run_dir / FINAL_CHECKPOINT
+    if final.exists():
+        candidates.insert(0, final)
+    if not candidates:
+        raise DtrainError(f"{run_dir} has no checkpoint to resume from")
+    problems = []
+    for path in candidates:
+        try:
+            return checkpoint.load(path)
+        except DtrainError as e:
+            problems.append(str(e))
+            print(f"dtrain: skipping {path.name}: {e}", file=sys.stderr)
+    raise DtrainError(f"no checkpoint in {run_dir} is loadable: {problems[0]}")
+
+
+def check_resumable(ckpt: checkpoint.Checkpoint, config: TrainConfig) -> None:
+    """Refuse a checkpoint whose run would not continue into the same weights."""
+    if ckpt.spec != config.model:
+        raise DtrainError(
+            f"the checkpoint's layers {ckpt.spec.layer_shapes} differ from the config's "
+            f"{config.model.layer_shapes}"
+        )
+    saved = ckpt.meta.get("config", {})
+    now = config.to_dict()
+    diffs = [
+        f"{key}: checkpoint {saved.get(key)!r}, now {now[key]!r}"
+        for key in RESUME_MUST_MATCH
+        if key in saved and saved[key] != now[key]
+    ]
+    if diffs:
+        raise DtrainError(
+            "cannot resume, the config differs from the checkpoint's: " + "; ".join(diffs)
+        )

@@ -26,6 +26,11 @@ class Observer:
 
     def on_checkpoint(self, path: Path, step: int) -> None: ...
 
+    def on_health(self, workers_alive: int, restarts: int, failed_steps: int) -> None:
+        """Called when actors start (workers_alive = their number) and when the driver
+        rebuilds lost actors (workers_alive 0, restarts so far, failed_steps 1 for this loss).
+        """
+
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None: ...
 
 

@@ -7,6 +7,7 @@ shell around it, following the classic Ray parameter-server example: workers'
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -122,3 +123,6 @@ class ParameterServer:
 
     def state(self) -> dict[str, Any]:
         return self.core.state()
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -86,6 +86,7 @@ class RunSummary:
     samples_per_second: float
     checkpoint: str
     run_dir: str
+    restarts: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ class Worker:
 
     def ready(self) -> int:
         return self.core.num_samples
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def compute_gradients(
         self, weights: np.ndarray, epoch: int, step: int

@@ -1,0 +1,241 @@
+"""Faults lose nothing: killed workers, a killed server, a killed driver, broken checkpoints.
+
+Each fault run is compared bitwise with an uninterrupted run of the same seed: a step is
+deterministic given the weights, the shard assignment, the seed and the step number.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from service import checkpoint
+from service.config import TrainConfig
+from service.driver import CHECKPOINT_DIR, Trainer, latest_checkpoint
+from service.errors import DtrainError
+from service.observers import Observer
+from service.stats import StepStats
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+STEPS = 60
+
+
+def config(data: Path, run_dir: Path, **kw) -> TrainConfig:
+    base = {
+        "data_dir": data,
+        "run_dir": run_dir,
+        "epochs": 1,
+        "batch_size": 128,
+        "num_workers": 2,
+        "max_steps": STEPS,
+        "checkpoint_every": 10,
+        "eval_every_epoch": False,
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def final_weights(run_dir: Path) -> np.ndarray:
+    return checkpoint.load(run_dir / "checkpoint.npz").params
+
+
+@pytest.fixture(scope="module")
+def reference(prepared_mnist: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """The uninterrupted run every fault run must reproduce bit for bit."""
+    run_dir = tmp_path_factory.mktemp("reference")
+    Trainer(config(prepared_mnist, run_dir)).run()
+    return final_weights(run_dir)
+
+
+class Killer(Observer):
+    """SIGKILLs an actor's process when the driver sees the given steps complete."""
+
+    def __init__(self, trainer_ref: list[Trainer], at_steps: set[int], target: str) -> None:
+        self.trainer_ref, self.at_steps, self.target = trainer_ref, at_steps, target
+        self.killed: list[int] = []
+
+    def on_step(self, stats: StepStats) -> None:
+        if stats.step not in self.at_steps:
+            return
+        self.at_steps.discard(stats.step)
+        trainer = self.trainer_ref[0]
+        if self.target == "server":
+            actor = trainer.server
+        else:
+            actor = trainer.workers[len(self.killed) % len(trainer.workers)]
+        pid = ray.get(actor.pid.remote(), timeout=60)
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(pid)
+
+
+def run_with_killer(cfg: TrainConfig, at: set[int], target: str) -> tuple[Trainer, Killer]:
+    holder: list[Trainer] = []
+    killer = Killer(holder, set(at), target)
+    trainer = Trainer(cfg, [killer])
+    holder.append(trainer)
+    trainer.run()
+    return trainer, killer
+
+
+def test_killed_workers_are_restarted_and_the_weights_are_bitwise_equal(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
+) -> None:
+    _, killer = run_with_killer(config(prepared_mnist, tmp_path), {12, 31, 47}, "worker")
+    assert len(killer.killed) == 3
+    np.testing.assert_array_equal(final_weights(tmp_path), reference)
+
+
+def test_killed_server_is_rebuilt_from_the_last_checkpoint(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
+) -> None:
+    _, killer = run_with_killer(config(prepared_mnist, tmp_path), {25}, "server")
+    assert len(killer.killed) == 1
+    summary = checkpoint.load(tmp_path / "checkpoint.npz").meta["progress"]
+    assert summary["restarts"] == 1 and summary["step"] == STEPS
+    np.testing.assert_array_equal(final_weights(tmp_path), reference)
+
+
+def test_a_worker_that_keeps_dying_is_given_up_on(prepared_mnist: Path, tmp_path: Path) -> None:
+    cfg = config(prepared_mnist, tmp_path, max_restarts=1, step_timeout_seconds=30)
+    with pytest.raises(DtrainError, match="giving up after 1 restarts"):
+        run_with_killer(cfg, set(range(3, STEPS, 2)), "worker")
+
+
+def dtrain(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cli.main", *args]
+
+
+def test_killed_driver_resumes_to_the_same_weights(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
+) -> None:
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        "--data-dir",
+        str(prepared_mnist),
+        "--run-dir",
+        str(run_dir),
+        "--epochs",
+        "1",
+        "--max-steps",
+        str(STEPS),
+        "--checkpoint-every",
+        "10",
+        "--no-eval-every-epoch",
+    ]
+    log = tmp_path / "driver.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            dtrain(*args), start_new_session=True, stdout=subprocess.DEVNULL, stderr=err
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run_dir / CHECKPOINT_DIR).glob("step-*.npz")):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    assert not (run_dir / "checkpoint.npz").exists(), "the run finished before it was killed"
+    resumed_from = latest_checkpoint(run_dir).meta["step"]
+    assert 0 < resumed_from < STEPS
+    done = subprocess.run(
+        dtrain("train", "--resume", str(run_dir)), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(final_weights(run_dir), reference)
+
+
+def test_resume_refuses_an_incompatible_config(prepared_mnist: Path, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    Trainer(config(prepared_mnist, tmp_path, max_steps=10)).run()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", "--resume", str(tmp_path), "--hidden-sizes", "256"])
+    assert r.exit_code == 1 and "layers" in r.output and "differ" in r.output
+    r = runner.invoke(cli, ["train", "--resume", str(tmp_path), "--batch-size", "64"])
+    assert r.exit_code == 1 and "batch_size: checkpoint 128, now 64" in r.output
+    r = runner.invoke(cli, ["train", "--resume", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "not a dtrain run directory" in r.output
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_resume_skips_a_truncated_newest_checkpoint(prepared_mnist: Path, tmp_path: Path) -> None:
+    Trainer(config(prepared_mnist, tmp_path, max_steps=30)).run()
+    (tmp_path / "checkpoint.npz").unlink()
+    newest, older = sorted((tmp_path / CHECKPOINT_DIR).glob("step-*.npz"), reverse=True)[:2]
+    newest.write_bytes(newest.read_bytes()[:1000])
+    assert latest_checkpoint(tmp_path).meta["step"] == int(older.stem.split("-")[1])
+
+
+class ArmAfterFirstCheckpoint(Observer):
+    def __init__(self) -> None:
+        self.armed = False
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        self.armed = True
+
+
+@pytest.mark.parametrize("fail_at", ["write", "fsync", "replace"])
+def test_checkpoint_failure_stops_the_run_and_keeps_the_last_good_one(
+    prepared_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str
+) -> None:
+    """ENOSPC at any point of a checkpoint write: a clear error, the previous one intact."""
+    import service.checkpoint as ck
+
+    arm = ArmAfterFirstCheckpoint()  # the step-10 checkpoint goes through, step 20 fails
+
+    def enospc() -> None:
+        if arm.armed:
+            raise OSError(28, "No space left on device")
+
+    if fail_at == "write":
+        real_fdopen = ck.os.fdopen
+
+        class FullDisk:
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def write(self, data):
+                enospc()
+                return self.f.write(data)
+
+            def flush(self):
+                self.f.flush()
+
+            def fileno(self):
+                return self.f.fileno()
+
+        monkeypatch.setattr(ck.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    else:
+        real = getattr(ck.os, fail_at)
+
+        def failing(*args, **kwargs):
+            enospc()
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ck.os, fail_at, failing)
+    with pytest.raises(DtrainError, match="No space left on device"):
+        Trainer(config(prepared_mnist, tmp_path), [arm]).run()
+    files = sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir())
+    assert files == ["step-00000010.npz"], files
+    assert latest_checkpoint(tmp_path).meta["step"] == 10
