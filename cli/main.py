@@ -419,9 +419,11 @@ def main() -> None:
 
 
 def _attach_subcommands() -> None:
+    from cli.bench_cmd import bench
     from cli.data_cmds import data
 
     cli.add_command(data)
+    cli.add_command(bench)
 
 
 _attach_subcommands()

@@ -1,0 +1,150 @@
+"""`dtrain bench`: a thin wrapper over service.bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.errors import DtrainError
+
+
+def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
+    """ "128,512" -> (128, 512): positive integers, comma-separated, at least one."""
+    try:
+        counts = tuple(int(part) for part in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of integers", ctx, param
+        ) from None
+    if any(c < 1 for c in counts):
+        raise click.BadParameter(f"every value must be >= 1, got {value!r}", ctx, param)
+    return counts
+
+
+@click.command("bench")
+@click.option(
+    "--batch-sizes",
+    default="128,512",
+    show_default=True,
+    callback=parse_counts,
+    help="Comma-separated global batch sizes; every variant runs at each.",
+)
+@click.option(
+    "--workers",
+    default="1,2",
+    show_default=True,
+    callback=parse_counts,
+    help="Comma-separated worker counts for the dtrain (sync) runs.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Steps measured per variant after the warm-up; seconds per epoch are the mean step "
+    "time x steps per epoch. [default: one epoch at each batch size; 8 with --quick]",
+)
+@click.option(
+    "--warmup-steps",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Steps run before the measured ones and left out of the timing. "
+    "[default: 20; 2 with --quick]",
+)
+@click.option(
+    "--quick",
+    is_flag=True,
+    help="A smoke run (CI): every variant with a few steps; not steady-state numbers.",
+)
+@click.option(
+    "--torch/--no-torch",
+    "use_torch",
+    default=None,
+    help="Time the PyTorch CPU loop as well. [default: when torch is importable]",
+)
+@click.option(
+    "--probe/--no-probe",
+    default=True,
+    show_default=True,
+    help="Split dtrain's overhead into payload transfer and scheduling with a zero-compute "
+    "step of fake workers.",
+)
+@click.option(
+    "--simulate",
+    is_flag=True,
+    help="Also drive the parameter server (one, or 1-2 shards) with fake workers and report "
+    "aggregation throughput.",
+)
+@click.option(
+    "--sim-workers",
+    default=None,
+    callback=lambda ctx, param, value: None if value is None else parse_counts(ctx, param, value),
+    help="Comma-separated fake worker counts for --simulate. [default: 1,2,4,8,16; 1,2 with "
+    "--quick]",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Prepared Arrow dataset; the embedded MNIST is prepared there if missing. "
+    "[default: $DTRAIN_DATA_DIR or ~/.cache/dtrain/mnist]",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed for the initial weights and the batches, the same for every variant.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
+def bench(
+    batch_sizes: tuple[int, ...],
+    workers: tuple[int, ...],
+    steps: int | None,
+    warmup_steps: int | None,
+    quick: bool,
+    use_torch: bool | None,
+    probe: bool,
+    simulate: bool,
+    sim_workers: tuple[int, ...] | None,
+    data_dir: Path | None,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Time dtrain against the sgemm floor, a plain NumPy loop and PyTorch, in one run.
+
+    Prints seconds per epoch, samples/s and the ratio to the NumPy loop for every variant, a
+    per-step breakdown of dtrain, its peak memory, and where the issue's targets stand.
+    """
+    from service import bench as b
+    from service.dataset import default_data_dir
+
+    options: dict[str, Any] = {
+        "data_dir": data_dir or default_data_dir(),
+        "batch_sizes": batch_sizes,
+        "workers": workers,
+        "use_torch": use_torch,
+        "probe": probe,
+        "simulate": simulate,
+        "seed": seed,
+    }
+    if steps is not None:
+        options["steps"] = steps
+    if warmup_steps is not None:
+        options["warmup_steps"] = warmup_steps
+    if sim_workers is not None:
+        options["sim_workers"] = sim_workers
+    try:
+        config = b.BenchConfig.quick(**options) if quick else b.BenchConfig(**options)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+    try:
+        report = b.run_bench(config, progress=b.default_progress)
+    except DtrainError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(report.to_dict()))
+    else:
+        click.echo(b.format_report(report))
