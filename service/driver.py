@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from service.stats import EpochStats, JobInfo, RunSummary, StepStats
 from workers.actor import Worker
 from workers.model import Network, init_params
 from workers.plan import split_evenly, steps_per_epoch, worker_batch_sizes
-from workers.shards import ShardError, read_rows, to_float
+from workers.shards import ShardError, check_split, read_rows, to_float
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
         # Token authentication: Ray >= 2.59 turns it on for a new local cluster unless the user
         # set RAY_AUTH_MODE (setting it here, after `import ray`, would desync Ray's config).
         kwargs["num_cpus"] = num_cpus
+    else:
+        probe_address(target)
     try:
         ray.init(address=target, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -71,6 +74,25 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+# ray.init retries an unreachable GCS for minutes; a plain TCP connect answers in seconds.
+PROBE_TIMEOUT_SECONDS = 5.0
+
+
+def probe_address(address: str) -> None:
+    """Fail fast, in one line, when a ``host:port`` cluster address does not answer."""
+    if address == "auto" or ("://" in address and not address.startswith("ray://")):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise DtrainError(f"bad Ray address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:6379")
+    try:
+        socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_SECONDS).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise DtrainError(f"cannot reach the Ray cluster at {address}: {reason}") from e
 
 
 def first_line(e: BaseException) -> str:
@@ -194,6 +216,14 @@ class Trainer:
         c = self.config
         wall_start = time.perf_counter()
         manifest = dataset.ensure_prepared(c.data_dir)
+        if "://" not in str(c.data_dir):
+            # Checksums and schemas on the driver, before any actor exists: a damaged dataset is
+            # one clear error here, not workers dying in their constructors.
+            dataset.verify(c.data_dir, manifest)
+            try:
+                check_split(c.data_dir, manifest, "train")
+            except ShardError as e:
+                raise DtrainError(str(e)) from e
         ranges, slices, spe = self._plan(manifest)
         total_steps = spe * c.epochs
         if c.max_steps is not None:
@@ -206,11 +236,6 @@ class Trainer:
         except ShardError as e:
             raise DtrainError(str(e)) from e
         self._test = (to_float(test_x), test_y)
-        c.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            checkpoint.atomic_write_bytes(
-                c.run_dir / "config.json", json.dumps(c.to_dict(), indent=2).encode()
-            )
         info = JobInfo(
             version=__version__,
             run_dir=str(c.run_dir),
@@ -228,11 +253,17 @@ class Trainer:
         )
         summary: RunSummary | None = None
         error: BaseException | None = None
-        self._emit("on_start", info)
         try:
             num_cpus = max(os.cpu_count() or 1, int(np.ceil(c.num_workers * c.num_cpus_per_worker)))
             with ray_session(self.address, num_cpus):
                 self._check_resources()
+                # Only now, with a cluster that can run the job, does the run directory appear.
+                c.run_dir.mkdir(parents=True, exist_ok=True)
+                if not self.resume:
+                    checkpoint.atomic_write_bytes(
+                        c.run_dir / "config.json", json.dumps(c.to_dict(), indent=2).encode()
+                    )
+                self._emit("on_start", info)
                 final = self._train_with_recovery(
                     manifest, ranges, slices, spe, total_steps, snapshot
                 )

@@ -210,3 +210,15 @@ def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
     if column.num_chunks == 1:
         return column.chunk(0)
     return pa.concat_arrays(column.chunks)
+
+
+def check_split(data_dir: Path, manifest: dict[str, Any], split: str) -> int:
+    """Open and validate every shard of a split (schema, rows, labels) without copying rows.
+
+    The driver calls this before it starts any actor, so that a bad shard is one clear error
+    rather than a worker that dies in its constructor and is restarted in vain.
+    """
+    entries = shard_entries(manifest, split)
+    for entry in entries:
+        _load_shard(Path(data_dir) / entry.file, entry.num_rows)
+    return len(entries)
