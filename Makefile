@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: train test lint format system-deps bench clean
+.PHONY: train test test-gpu lint format system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ test: $(BIN)/.installed system-deps  ## lint, then the whole test suite on real 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# On a machine with an NVIDIA GPU (CUDA 12): the tests deselected by default.
+test-gpu: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[gpu]'
+	$(BIN)/pytest -m gpu $(PYTEST_ARGS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

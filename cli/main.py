@@ -198,6 +198,19 @@ def cli() -> None:
     help="Seconds a step may take before its actors are declared hung and rebuilt.",
 )
 @click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu", "auto"]),
+    default="cpu",
+    show_default=True,
+    help="Where workers compute: NumPy on CPUs, CuPy on GPUs (one each), or GPUs where present.",
+)
+@click.option(
+    "--gpu-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="With --device gpu: how many workers use a GPU; the rest compute on CPUs. [default: all]",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(min=0),
     default=200,
@@ -269,6 +282,8 @@ OPTION_FIELDS = {
     "step_timeout": "step_timeout_seconds",
     "checkpoint_every": "checkpoint_every",
     "max_restarts": "max_restarts",
+    "device": "device",
+    "gpu_workers": "num_gpu_workers",
 }
 
 

@@ -30,6 +30,10 @@ class TrainConfig:
     pipeline_depth: int = 2
     # Steps between checkpoints of the server's full state (0: only the final one).
     checkpoint_every: int = 200
+    # "cpu", "gpu" (CuPy workers, one GPU each) or "auto" (GPU workers where the cluster has GPUs).
+    device: str = "cpu"
+    # With device "gpu": how many of the workers use a GPU (None: all); the rest stay on CPUs.
+    num_gpu_workers: int | None = None
     # Rebuilds of lost actors (and Ray restarts of each worker) before the run gives up.
     max_restarts: int = 3
 
@@ -49,6 +53,13 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.device not in ("cpu", "gpu", "auto"):
+            raise ValueError(f"device must be one of cpu, gpu, auto, got {self.device!r}")
+        if self.num_gpu_workers is not None and not 0 <= self.num_gpu_workers <= self.num_workers:
+            raise ValueError(
+                f"num_gpu_workers must be between 0 and num_workers ({self.num_workers}), "
+                f"got {self.num_gpu_workers}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.num_cpus_per_worker < 0:

@@ -169,6 +169,7 @@ class Trainer:
         # The live actors, for observers that inspect them (and the chaos tests).
         self.server: Any = None
         self.workers: list[Any] = []
+        self._gpu_workers = 0
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -198,6 +199,22 @@ class Trainer:
                 f"{c.num_cpus_per_worker:g} CPUs need {need:g}: lower --num-workers or "
                 "--cpus-per-worker"
             )
+
+    def _num_gpu_workers(self) -> int:
+        """How many workers get a GPU: checked against the cluster so nothing waits forever."""
+        c = self.config
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if c.device == "cpu":
+            return 0
+        if c.device == "auto":
+            return min(c.num_workers, gpus)
+        wanted = c.num_workers if c.num_gpu_workers is None else c.num_gpu_workers
+        if wanted > gpus:
+            raise DtrainError(
+                f"--device gpu needs {wanted} GPUs but the Ray cluster has {gpus}: use "
+                "--device auto, --gpu-workers, or a cluster with GPU nodes"
+            )
+        return wanted
 
     def _initial_snapshot(self) -> Snapshot:
         c = self.config
@@ -257,6 +274,7 @@ class Trainer:
             num_cpus = max(os.cpu_count() or 1, int(np.ceil(c.num_workers * c.num_cpus_per_worker)))
             with ray_session(self.address, num_cpus):
                 self._check_resources()
+                self._gpu_workers = self._num_gpu_workers()
                 # Only now, with a cluster that can run the job, does the run directory appear.
                 c.run_dir.mkdir(parents=True, exist_ok=True)
                 if not self.resume:
@@ -396,15 +414,18 @@ class Trainer:
                 total_steps=total_steps,
             )
         )
-        worker_cls = ray.remote(Worker).options(
-            num_cpus=c.num_cpus_per_worker,
-            # A worker's constructor reloads the same rows, and a step is deterministic, so Ray
-            # may restart a dead worker and re-run its in-flight steps without changing a bit.
-            max_restarts=c.max_restarts,
-            max_task_retries=c.max_restarts,
-        )
+        # A worker's constructor reloads the same rows, and a step is deterministic, so Ray may
+        # restart a dead worker and re-run its in-flight steps without changing a bit.
+        worker_cls = ray.remote(Worker)
+        base = {
+            "num_cpus": c.num_cpus_per_worker,
+            "max_restarts": c.max_restarts,
+            "max_task_retries": c.max_restarts,
+        }
+        num_gpu = self._gpu_workers
         workers = [
-            worker_cls.remote(
+            worker_cls.options(**base, **({"num_gpus": 1} if rank < num_gpu else {})).remote(
+                device="gpu" if rank < num_gpu else "cpu",
                 rank=rank,
                 spec=c.model,
                 data_dir=str(c.data_dir),
@@ -415,7 +436,11 @@ class Trainer:
             )
             for rank, row_range in enumerate(ranges)
         ]
-        self._get([w.ready.remote() for w in workers], ACTOR_START_TIMEOUT_SECONDS, "start")
+        try:
+            self._get([w.ready.remote() for w in workers], ACTOR_START_TIMEOUT_SECONDS, "start")
+        except ActorLost as e:
+            # A constructor that fails (no CuPy, unreadable rows) fails again on a retry.
+            raise DtrainError(f"the workers could not start: {e}") from e
         self.server, self.workers = server, workers
         self._emit("on_health", len(workers), snapshot.progress.restarts, 0)
         return server, workers

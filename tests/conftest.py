@@ -49,3 +49,15 @@ def ray_local() -> object:
     ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_local_gpu() -> object:
+    """A local Ray that sees the machine's GPUs (for `pytest -m gpu` on a GPU machine)."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from workers.core import GradStats, WorkerCore
+from workers.device import array_module
 from workers.model import ModelSpec
 from workers.shards import read_rows, to_float
 
@@ -24,7 +25,9 @@ class Worker:
         row_range: tuple[int, int],
         batch_slice: int,
         seed: int,
+        device: str = "cpu",
     ) -> None:
+        xp = array_module(device)  # fails here, in one line, on a node without CuPy or a GPU
         images, labels = read_rows(Path(data_dir), manifest, "train", *row_range)
         # Converting once here, not per step: ~94 MB for half of MNIST, and no per-step work.
         self.core = WorkerCore(
@@ -34,6 +37,7 @@ class Worker:
             labels=labels,
             batch_slice=batch_slice,
             seed=seed,
+            xp=xp,
         )
 
     def ready(self) -> int:

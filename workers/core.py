@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
+from workers.device import to_host
 from workers.model import ModelSpec, Network
 
 
@@ -35,20 +37,20 @@ class WorkerCore:
         labels: np.ndarray,
         batch_slice: int,
         seed: int,
+        xp: ModuleType = np,
     ) -> None:
         self.rank = rank
-        self.net = Network(spec, np)
-        self.x = images  # (n, 784) float32 in [0, 1]
-        self.y = labels.astype(np.int64)  # (n,)
+        self.xp = xp
+        self.net = Network(spec, xp)
+        # Rows move to the device once; per step only the weights go in and the gradient out.
+        self.x = xp.asarray(images)  # (n, 784) float32 in [0, 1]
+        self.y = xp.asarray(labels.astype(np.int64))  # (n,)
+        self.num_samples = int(images.shape[0])
         self.batch_slice = batch_slice
         self.seed = seed
-        self._grad = np.empty(spec.num_params, dtype=np.float32)
+        self._grad = xp.empty(spec.num_params, dtype=xp.float32)
         self._epoch = -1
         self._perm = np.arange(0)
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.x.shape[0])
 
     def permutation(self, epoch: int) -> np.ndarray:
         """This worker's seeded shuffle of its own rows for ``epoch``; the same on every retry."""
@@ -71,6 +73,10 @@ class WorkerCore:
         """
         start = time.perf_counter()
         idx = np.sort(self.batch_indices(epoch, step))  # sorted: sequential reads of self.x
-        loss, correct, grad = self.net.loss_and_grad(weights, self.x[idx], self.y[idx], self._grad)
+        xp = self.xp
+        w = xp.asarray(weights)  # host -> device once per step (no copy on the CPU)
+        rows = idx if xp is np else xp.asarray(idx)
+        loss, correct, grad = self.net.loss_and_grad(w, self.x[rows], self.y[rows], self._grad)
+        grad = to_host(grad)  # the server aggregates host arrays, whatever device sent them
         stats = GradStats(self.rank, loss, correct, len(idx), time.perf_counter() - start)
         return grad, stats

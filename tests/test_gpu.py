@@ -1,0 +1,59 @@
+"""Tests that need an NVIDIA GPU and CuPy: `make test-gpu` (pytest -m gpu) runs them.
+
+They are deselected (not skipped) in the default suite, which runs where there is no GPU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.config import TrainConfig
+from service.driver import Trainer
+from workers.core import WorkerCore
+from workers.device import array_module
+from workers.model import ModelSpec, init_params
+from workers.shards import read_rows, to_float
+
+pytestmark = pytest.mark.gpu
+
+
+def test_gpu_gradients_match_cpu_gradients_on_the_same_batch(prepared_mnist: Path) -> None:
+    from service import dataset
+
+    cupy = array_module("gpu")
+    manifest = dataset.read_manifest(prepared_mnist)
+    x, y = read_rows(prepared_mnist, manifest, "train", 0, 4096)
+    spec = ModelSpec()
+    params = init_params(spec, 0)
+    kwargs = {
+        "rank": 0,
+        "spec": spec,
+        "images": to_float(x),
+        "labels": y,
+        "batch_slice": 512,
+        "seed": 0,
+    }
+    g_cpu, s_cpu = WorkerCore(**kwargs).compute_gradients(params, 1, 3)
+    g_gpu, s_gpu = WorkerCore(**kwargs, xp=cupy).compute_gradients(params, 1, 3)
+    assert type(g_gpu) is np.ndarray
+    np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-3, atol=1e-4)  # float32, other summation
+    assert s_gpu.correct == s_cpu.correct
+    assert s_gpu.loss_sum == pytest.approx(s_cpu.loss_sum, rel=1e-5)
+
+
+@pytest.mark.usefixtures("ray_local_gpu")
+def test_mixed_cpu_and_gpu_workers_train(prepared_mnist: Path, tmp_path: Path) -> None:
+    config = TrainConfig(
+        data_dir=prepared_mnist,
+        run_dir=tmp_path / "r",
+        device="gpu",
+        num_workers=2,
+        num_gpu_workers=1,
+        epochs=1,
+        max_steps=200,
+    )
+    summary = Trainer(config).run()
+    assert summary.steps == 200 and summary.test_accuracy > 0.9
