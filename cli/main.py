@@ -198,6 +198,14 @@ def cli() -> None:
     help="Seconds a step may take before its actors are declared hung and rebuilt.",
 )
 @click.option(
+    "--exchange",
+    type=click.Choice(["auto", "shared-memory", "object-store"]),
+    default="auto",
+    show_default=True,
+    help="How weights and gradients move per step: shared memory on one node, Ray's object "
+    "store on any cluster; auto picks shared memory on a single-node cluster.",
+)
+@click.option(
     "--device",
     type=click.Choice(["cpu", "gpu", "auto"]),
     default="cpu",
@@ -283,6 +291,7 @@ OPTION_FIELDS = {
     "checkpoint_every": "checkpoint_every",
     "max_restarts": "max_restarts",
     "device": "device",
+    "exchange": "exchange",
     "gpu_workers": "num_gpu_workers",
 }
 

@@ -30,6 +30,9 @@ class TrainConfig:
     pipeline_depth: int = 2
     # Steps between checkpoints of the server's full state (0: only the final one).
     checkpoint_every: int = 200
+    # How weights and gradients move each step: "shared-memory" (one node, /dev/shm), the
+    # "object-store" (any cluster), or "auto" (shared memory when the cluster has one node).
+    exchange: str = "auto"
     # "cpu", "gpu" (CuPy workers, one GPU each) or "auto" (GPU workers where the cluster has GPUs).
     device: str = "cpu"
     # With device "gpu": how many of the workers use a GPU (None: all); the rest stay on CPUs.
@@ -53,6 +56,10 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.exchange not in ("auto", "shared-memory", "object-store"):
+            raise ValueError(
+                f"exchange must be one of auto, shared-memory, object-store, got {self.exchange!r}"
+            )
         if self.device not in ("cpu", "gpu", "auto"):
             raise ValueError(f"device must be one of cpu, gpu, auto, got {self.device!r}")
         if self.num_gpu_workers is not None and not 0 <= self.num_gpu_workers <= self.num_workers:

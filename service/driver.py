@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 import time
@@ -31,6 +32,7 @@ from service.errors import DtrainError
 from service.observers import Observer
 from service.server import ParameterServer, ServerStats
 from service.stats import EpochStats, JobInfo, RunSummary, StepStats
+from workers import exchange
 from workers.actor import Worker
 from workers.model import Network, init_params
 from workers.plan import split_evenly, steps_per_epoch, worker_batch_sizes
@@ -170,6 +172,8 @@ class Trainer:
         self.server: Any = None
         self.workers: list[Any] = []
         self._gpu_workers = 0
+        self._shared_memory = False
+        self._exchange_dir: Path | None = None
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -199,6 +203,19 @@ class Trainer:
                 f"{c.num_cpus_per_worker:g} CPUs need {need:g}: lower --num-workers or "
                 "--cpus-per-worker"
             )
+
+    def _use_shared_memory(self) -> bool:
+        """Shared-memory exchange needs every actor on one node: the default on one node."""
+        c = self.config
+        if c.exchange == "object-store":
+            return False
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        if c.exchange == "shared-memory" and len(nodes) > 1:
+            raise DtrainError(
+                f"--exchange shared-memory needs a single-node cluster, this one has {len(nodes)} "
+                "nodes: use --exchange object-store or auto"
+            )
+        return len(nodes) == 1
 
     def _num_gpu_workers(self) -> int:
         """How many workers get a GPU: checked against the cluster so nothing waits forever."""
@@ -275,6 +292,7 @@ class Trainer:
             with ray_session(self.address, num_cpus):
                 self._check_resources()
                 self._gpu_workers = self._num_gpu_workers()
+                self._shared_memory = self._use_shared_memory()
                 # Only now, with a cluster that can run the job, does the run directory appear.
                 c.run_dir.mkdir(parents=True, exist_ok=True)
                 if not self.resume:
@@ -390,6 +408,8 @@ class Trainer:
             finally:
                 for actor in actors:
                     ray.kill(actor)
+                if self._exchange_dir is not None:
+                    shutil.rmtree(self._exchange_dir, ignore_errors=True)
 
     def _start_actors(
         self,
@@ -400,6 +420,12 @@ class Trainer:
         snapshot: Snapshot,
     ) -> tuple[Any, list[Any]]:
         c = self.config
+        self._exchange_dir = exchange.new_exchange_dir() if self._shared_memory else None
+        shared = (
+            {"exchange_dir": str(self._exchange_dir), "num_workers": c.num_workers}
+            if self._exchange_dir is not None
+            else {}
+        )
         server = (
             ray.remote(ParameterServer)
             # The server's state cannot be rebuilt by re-running its constructor, so Ray must
@@ -412,8 +438,11 @@ class Trainer:
                 velocity=snapshot.velocity,
                 step=snapshot.progress.step,
                 total_steps=total_steps,
+                **shared,
             )
         )
+        if shared:  # the server creates the shared files, which the workers then open
+            self._get(server.ready.remote(), ACTOR_START_TIMEOUT_SECONDS, "start")
         # A worker's constructor reloads the same rows, and a step is deterministic, so Ray may
         # restart a dead worker and re-run its in-flight steps without changing a bit.
         worker_cls = ray.remote(Worker)
@@ -433,6 +462,7 @@ class Trainer:
                 row_range=row_range,
                 batch_slice=slices[rank],
                 seed=c.seed,
+                exchange_dir=shared.get("exchange_dir"),
             )
             for rank, row_range in enumerate(ranges)
         ]
@@ -469,7 +499,11 @@ class Trainer:
         c = self.config
         progress = start.progress.copy()
         self._latest_snapshot = start
-        weights = server.get_weights.remote()
+        # Object-store exchange: the weights ref. Shared memory: the ref of the last update's
+        # stats, which the next workers' tasks wait on (the weights themselves are in place).
+        weights = (
+            server.ready.remote() if self._exchange_dir is not None else server.get_weights.remote()
+        )
         # (stats ref, epoch, state ref or None) per submitted step, oldest first
         pending: deque[tuple[Any, int, Any]] = deque()
         segment_start = time.perf_counter()
@@ -527,13 +561,18 @@ class Trainer:
             step += 1
             epoch, s_in_epoch = divmod(step - 1, spe)
             epoch += 1
-            outs = [
-                w.compute_gradients.options(num_returns=2).remote(weights, epoch, s_in_epoch)
-                for w in workers
-            ]
-            weights, stats_ref = server.apply_gradients.options(num_returns=2).remote(
-                step, *[g for g, _ in outs], *[st for _, st in outs]
-            )
+            if self._exchange_dir is not None:
+                # Arrays stay in shared memory; the refs passed along only order the tasks.
+                stats = [w.compute_shared.remote(weights, epoch, s_in_epoch) for w in workers]
+                weights = stats_ref = server.apply_shared.remote(step, *stats)
+            else:
+                outs = [
+                    w.compute_gradients.options(num_returns=2).remote(weights, epoch, s_in_epoch)
+                    for w in workers
+                ]
+                weights, stats_ref = server.apply_gradients.options(num_returns=2).remote(
+                    step, *[g for g, _ in outs], *[st for _, st in outs]
+                )
             wants_ckpt = c.checkpoint_every and step % c.checkpoint_every == 0
             state_ref = server.state.remote() if wants_ckpt and step < total_steps else None
             pending.append((stats_ref, epoch, state_ref))
@@ -541,7 +580,11 @@ class Trainer:
                 consume(*pending.popleft())
             if s_in_epoch == spe - 1 or step == total_steps:
                 drain()
-                self._end_epoch(progress, epoch, weights)
+                self._end_epoch(
+                    progress,
+                    epoch,
+                    server.get_weights.remote() if self._exchange_dir is not None else weights,
+                )
                 last_done = time.perf_counter()
         drain()
         state = self._get(server.state.remote(), c.step_timeout_seconds, "fetching weights")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from service.optim import Optimizer, OptimizerConfig
+from workers import exchange
 from workers.core import GradStats
 from workers.model import ModelSpec
 
@@ -36,6 +38,11 @@ class ServerStats:
     finite: bool
 
 
+def norm(v: np.ndarray) -> float:
+    """L2 norm through BLAS sdot: a metric, so float32 accumulation is precise enough."""
+    return float(np.sqrt(np.dot(v, v)))
+
+
 class ServerCore:
     def __init__(
         self,
@@ -46,11 +53,17 @@ class ServerCore:
         total_steps: int,
         step: int = 0,
         velocity: np.ndarray | None = None,
+        buffer: np.ndarray | None = None,
     ) -> None:
         if params.shape != (spec.num_params,) or params.dtype != np.float32:
             raise ValueError(f"params must be float32 of shape ({spec.num_params},)")
         self.spec = spec
-        self.params = np.array(params, dtype=np.float32)  # own, writable copy
+        # Own, writable weights: a copy, or the shared-memory buffer the workers read.
+        if buffer is None:
+            self.params = np.array(params, dtype=np.float32)
+        else:
+            buffer[...] = params
+            self.params = buffer
         self.optimizer = Optimizer(optimizer, spec.num_params)
         if velocity is not None:
             self.optimizer.velocity[...] = velocity
@@ -77,7 +90,7 @@ class ServerCore:
             total += g
         if count:
             total *= np.float32(1.0 / count)
-        grad_norm = float(np.linalg.norm(total))
+        grad_norm = norm(total)
         t1 = time.perf_counter()
         finite = bool(np.isfinite(grad_norm))
         lr = self.optimizer.config.learning_rate_at(self.step, self.total_steps)
@@ -86,7 +99,7 @@ class ServerCore:
             # Never apply a non-finite update: the weights stay at the last good values.
             np.copyto(self._before, self.params)
             self.optimizer.step(self.params, total, lr)
-            update_norm = float(np.linalg.norm(self.params - self._before))
+            update_norm = norm(np.subtract(self.params, self._before, out=self._before))
             self.step = step
         loss_sum = sum(s.loss_sum for s in stats)
         return ServerStats(
@@ -108,10 +121,30 @@ class ServerCore:
 
 
 class ParameterServer:
-    """Ray actor shell: unpacks ``*args`` (gradients then their stats) for ``ServerCore``."""
+    """Ray actor shell: unpacks ``*args`` (gradients then their stats) for ``ServerCore``.
 
-    def __init__(self, **kwargs: Any) -> None:
+    With ``exchange_dir`` set, the weights and gradients live in shared memory
+    (``workers.exchange``) and only stats travel through Ray: ``apply_shared``.
+    """
+
+    def __init__(
+        self, *, exchange_dir: str | None = None, num_workers: int = 0, **kwargs: Any
+    ) -> None:
+        self.grads: list[np.ndarray] = []
+        if exchange_dir is not None:
+            spec = kwargs["spec"]
+            kwargs["buffer"] = exchange.create(Path(exchange_dir), spec.num_params, num_workers)
+            self.grads = [
+                exchange.open_grad(Path(exchange_dir), r, spec.num_params)
+                for r in range(num_workers)
+            ]
         self.core = ServerCore(**kwargs)
+
+    def ready(self) -> int:
+        return self.core.step
+
+    def apply_shared(self, step: int, *stats: GradStats) -> ServerStats:
+        return self.core.apply_gradients(step, self.grads, list(stats))
 
     def get_weights(self) -> np.ndarray:
         return self.core.params

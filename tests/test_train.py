@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from service.errors import DtrainError
 from service.optim import OptimizerConfig
 from service.server import ServerCore
 from workers.core import WorkerCore
+from workers.exchange import exchange_root
 from workers.model import init_params
 from workers.plan import split_evenly, worker_batch_sizes
 from workers.shards import read_rows, to_float
@@ -187,3 +189,14 @@ def test_cli_train_json_and_evaluate_predict(prepared_mnist: Path, tmp_path: Pat
     assert [json.loads(r)["prediction"] for r in pr2.stdout.splitlines()] == [
         r["prediction"] for r in rows[:3]
     ]
+
+
+def test_shared_memory_and_object_store_exchanges_give_the_same_bits(
+    prepared_mnist: Path, tmp_path: Path
+) -> None:
+    runs = {}
+    for exchange in ("shared-memory", "object-store"):
+        cfg = small_config(prepared_mnist, tmp_path / exchange, max_steps=12, exchange=exchange)
+        runs[exchange] = checkpoint.load(Path(Trainer(cfg).run().checkpoint)).params
+    np.testing.assert_array_equal(runs["shared-memory"], runs["object-store"])
+    assert not list(exchange_root().glob(f"dtrain-{os.getpid()}-*")), "shared files left behind"

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from workers import exchange
 from workers.core import GradStats, WorkerCore
 from workers.device import array_module
 from workers.model import ModelSpec
@@ -26,6 +27,7 @@ class Worker:
         batch_slice: int,
         seed: int,
         device: str = "cpu",
+        exchange_dir: str | None = None,
     ) -> None:
         xp = array_module(device)  # fails here, in one line, on a node without CuPy or a GPU
         images, labels = read_rows(Path(data_dir), manifest, "train", *row_range)
@@ -40,6 +42,14 @@ class Worker:
             xp=xp,
         )
 
+        self.shared: tuple[np.ndarray, np.ndarray] | None = None
+        if exchange_dir is not None:
+            n = spec.num_params
+            self.shared = (
+                exchange.open_weights(Path(exchange_dir), n),
+                exchange.open_grad(Path(exchange_dir), rank, n),
+            )
+
     def ready(self) -> int:
         return self.core.num_samples
 
@@ -50,3 +60,12 @@ class Worker:
         self, weights: np.ndarray, epoch: int, step: int
     ) -> tuple[np.ndarray, GradStats]:
         return self.core.compute_gradients(weights, epoch, step)
+
+    def compute_shared(self, after: object, epoch: int, step: int) -> GradStats:
+        """``compute_gradients`` on the shared weights, writing the shared gradient buffer.
+
+        ``after`` is the server's previous update's stats: passing its ref orders this step.
+        """
+        assert self.shared is not None, "started without an exchange directory"
+        weights, grad = self.shared
+        return self.core.compute_gradients(weights, epoch, step, grad_out=grad)[1]

@@ -65,7 +65,7 @@ class WorkerCore:
         return self.permutation(epoch)[step * b : (step + 1) * b]
 
     def compute_gradients(
-        self, weights: np.ndarray, epoch: int, step: int
+        self, weights: np.ndarray, epoch: int, step: int, grad_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, GradStats]:
         """Gradient of the summed loss over this worker's slice of step ``step`` of ``epoch``.
 
@@ -76,7 +76,11 @@ class WorkerCore:
         xp = self.xp
         w = xp.asarray(weights)  # host -> device once per step (no copy on the CPU)
         rows = idx if xp is np else xp.asarray(idx)
-        loss, correct, grad = self.net.loss_and_grad(w, self.x[rows], self.y[rows], self._grad)
+        # On the CPU the gradient is written straight into ``grad_out`` (shared memory).
+        buf = grad_out if grad_out is not None and xp is np else self._grad
+        loss, correct, grad = self.net.loss_and_grad(w, self.x[rows], self.y[rows], buf)
         grad = to_host(grad)  # the server aggregates host arrays, whatever device sent them
+        if grad_out is not None and grad is not grad_out:
+            grad_out[...] = grad
         stats = GradStats(self.rank, loss, correct, len(idx), time.perf_counter() - start)
         return grad, stats
