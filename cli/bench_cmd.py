@@ -98,6 +98,13 @@ def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tupl
     show_default=True,
     help="Seed for the initial weights and the batches, the same for every variant.",
 )
+@click.option(
+    "--exchange",
+    type=click.Choice(["auto", "shared-memory", "object-store"]),
+    default="auto",
+    show_default=True,
+    help="dtrain's step exchange, as for `dtrain train` (auto: shared memory on one node).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
 def bench(
     batch_sizes: tuple[int, ...],
@@ -111,6 +118,7 @@ def bench(
     sim_workers: tuple[int, ...] | None,
     data_dir: Path | None,
     seed: int,
+    exchange: str,
     as_json: bool,
 ) -> None:
     """Time dtrain against the sgemm floor, a plain NumPy loop and PyTorch, in one run.
@@ -129,6 +137,7 @@ def bench(
         "probe": probe,
         "simulate": simulate,
         "seed": seed,
+        "exchange": exchange,
     }
     if steps is not None:
         options["steps"] = steps
