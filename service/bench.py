@@ -855,10 +855,13 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport
     # The probe prices moving the arrays through the object store; the shared-memory exchange
     # (what "auto" picks on this single-node local Ray) moves none, so none of its overhead is
     # that payload.
-    by_workers = {p.workers: p for p in probes} if cfg.exchange == "object-store" else {}
+    by_workers = {p.workers: p for p in probes}
     for b in breakdown:
         probe = by_workers.get(b.workers)
-        if probe is not None:
+        if cfg.exchange != "object-store":
+            b.transfer_seconds = 0.0
+            b.scheduling_seconds = b.overhead_seconds
+        elif probe is not None:
             b.transfer_seconds = min(max(probe.transfer_seconds, 0.0), max(b.overhead_seconds, 0.0))
             b.scheduling_seconds = b.overhead_seconds - b.transfer_seconds
     return BenchReport(
