@@ -198,6 +198,14 @@ def cli() -> None:
     help="Seconds a step may take before its actors are declared hung and rebuilt.",
 )
 @click.option(
+    "--staleness",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Asynchronous steps: gradients may use weights up to this many updates old, so workers "
+    "compute while the server updates (0: synchronous).",
+)
+@click.option(
     "--exchange",
     type=click.Choice(["auto", "shared-memory", "object-store"]),
     default="auto",
@@ -292,6 +300,7 @@ OPTION_FIELDS = {
     "max_restarts": "max_restarts",
     "device": "device",
     "exchange": "exchange",
+    "staleness": "staleness",
     "gpu_workers": "num_gpu_workers",
 }
 

@@ -30,6 +30,8 @@ class Checkpoint:
     params: np.ndarray
     velocity: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Bounded-staleness runs: the weights after the last k updates before ``params``, (k, P).
+    history: np.ndarray | None = None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -67,6 +69,8 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     }
     if ckpt.velocity is not None:
         arrays["velocity"] = np.ascontiguousarray(ckpt.velocity, dtype=np.float32)
+    if ckpt.history is not None:
+        arrays["history"] = np.ascontiguousarray(ckpt.history, dtype=np.float32)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     try:
@@ -118,6 +122,13 @@ def load(path: Path) -> Checkpoint:
                 f"checkpoint {path}: {name} is {arr.dtype}{list(arr.shape)}, expected "
                 f"float32[{spec.num_params}] for layers {spec.layer_shapes}"
             )
+    history = arrays.get("history")
+    if history is not None and (
+        history.dtype != np.float32 or history.ndim != 2 or history.shape[1] != spec.num_params
+    ):
+        raise DtrainError(f"checkpoint {path}: history is {history.dtype}{list(history.shape)}")
     if not np.isfinite(params).all():
         raise DtrainError(f"checkpoint {path} holds non-finite weights")
-    return Checkpoint(spec=spec, params=params, velocity=velocity, meta=header.get("meta", {}))
+    return Checkpoint(
+        spec=spec, params=params, velocity=velocity, meta=header.get("meta", {}), history=history
+    )

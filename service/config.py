@@ -33,6 +33,9 @@ class TrainConfig:
     # How weights and gradients move each step: "shared-memory" (one node, /dev/shm), the
     # "object-store" (any cluster), or "auto" (shared memory when the cluster has one node).
     exchange: str = "auto"
+    # Bounded staleness: step t's gradients use the weights after update max(0, t - 1 - k), so
+    # the workers compute step t while the server applies step t - 1 (0: synchronous SGD).
+    staleness: int = 0
     # "cpu", "gpu" (CuPy workers, one GPU each) or "auto" (GPU workers where the cluster has GPUs).
     device: str = "cpu"
     # With device "gpu": how many of the workers use a GPU (None: all); the rest stay on CPUs.
@@ -52,7 +55,7 @@ class TrainConfig:
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("checkpoint_every", "max_restarts"):
+        for name in ("checkpoint_every", "max_restarts", "staleness"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")

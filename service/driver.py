@@ -136,10 +136,13 @@ class Snapshot:
     params: np.ndarray
     velocity: np.ndarray
     progress: Progress
+    # With bounded staleness k: the weights after the k updates before ``params``, oldest first.
+    history: np.ndarray | None = None
 
 
 # Fields of the config that decide the weights: a resumed run must match them exactly.
 RESUME_MUST_MATCH = (
+    "staleness",
     "batch_size",
     "num_workers",
     "model",
@@ -242,7 +245,8 @@ class Trainer:
         check_resumable(ckpt, c)
         velocity = ckpt.velocity if ckpt.velocity is not None else np.zeros_like(ckpt.params)
         progress = Progress.from_dict(ckpt.meta.get("progress", {}))
-        return Snapshot(np.array(ckpt.params), np.array(velocity), progress)
+        history = None if ckpt.history is None else np.array(ckpt.history)
+        return Snapshot(np.array(ckpt.params), np.array(velocity), progress, history)
 
     # --- the run ------------------------------------------------------------------------------
 
@@ -355,7 +359,11 @@ class Trainer:
         checkpoint.save(
             path,
             checkpoint.Checkpoint(
-                spec=self.config.model, params=snap.params, velocity=snap.velocity, meta=meta
+                spec=self.config.model,
+                params=snap.params,
+                velocity=snap.velocity,
+                meta=meta,
+                history=snap.history,
             ),
         )
         self._emit("on_checkpoint", path, snap.progress.step)
@@ -402,7 +410,7 @@ class Trainer:
                     f"(restart {restarts} of {c.max_restarts})",
                     file=sys.stderr,
                 )
-                last_good = Snapshot(snap.params, snap.velocity, snap.progress.copy())
+                last_good = Snapshot(snap.params, snap.velocity, snap.progress.copy(), snap.history)
                 last_good.progress.restarts = restarts
                 self._emit("on_health", 0, restarts, 1)
             finally:
@@ -436,13 +444,15 @@ class Trainer:
                 optimizer=c.optimizer,
                 params=snapshot.params,
                 velocity=snapshot.velocity,
+                staleness=c.staleness,
+                history=snapshot.history,
                 step=snapshot.progress.step,
                 total_steps=total_steps,
                 **shared,
             )
         )
         if shared:  # the server creates the shared files, which the workers then open
-            self._get(server.ready.remote(), ACTOR_START_TIMEOUT_SECONDS, "start")
+            self._start_wait([server.ready.remote()])
         # A worker's constructor reloads the same rows, and a step is deterministic, so Ray may
         # restart a dead worker and re-run its in-flight steps without changing a bit.
         worker_cls = ray.remote(Worker)
@@ -463,17 +473,21 @@ class Trainer:
                 batch_slice=slices[rank],
                 seed=c.seed,
                 exchange_dir=shared.get("exchange_dir"),
+                num_slots=c.staleness + 1,
             )
             for rank, row_range in enumerate(ranges)
         ]
-        try:
-            self._get([w.ready.remote() for w in workers], ACTOR_START_TIMEOUT_SECONDS, "start")
-        except ActorLost as e:
-            # A constructor that fails (no CuPy, unreadable rows) fails again on a retry.
-            raise DtrainError(f"the workers could not start: {e}") from e
+        self._start_wait([server.ready.remote(), *[w.ready.remote() for w in workers]])
         self.server, self.workers = server, workers
         self._emit("on_health", len(workers), snapshot.progress.restarts, 0)
         return server, workers
+
+    def _start_wait(self, refs: list[Any]) -> None:
+        try:
+            self._get(refs, ACTOR_START_TIMEOUT_SECONDS, "start")
+        except ActorLost as e:
+            # A constructor that fails (no CuPy, unreadable rows) fails again on a retry.
+            raise DtrainError(f"the actors could not start: {e}") from e
 
     def _get(self, refs: Any, timeout: float, what: str) -> Any:
         try:
@@ -499,11 +513,17 @@ class Trainer:
         c = self.config
         progress = start.progress.copy()
         self._latest_snapshot = start
-        # Object-store exchange: the weights ref. Shared memory: the ref of the last update's
-        # stats, which the next workers' tasks wait on (the weights themselves are in place).
-        weights = (
-            server.ready.remote() if self._exchange_dir is not None else server.get_weights.remote()
-        )
+        # ready[j]: a ref that completes once the weights after update j exist. Object store:
+        # those weights themselves. Shared memory: that update's stats (the weights are in
+        # place). Step t computes on the weights after update max(0, t - 1 - staleness).
+        k = c.staleness
+        first = start.progress.step
+        shared = self._exchange_dir is not None
+        if shared:
+            marker = server.ready.remote()
+            ready = {j: marker for j in range(max(0, first - k), first + 1)}
+        else:
+            ready = {j: server.weights_at.remote(j) for j in range(max(0, first - k), first + 1)}
         # (stats ref, epoch, state ref or None) per submitted step, oldest first
         pending: deque[tuple[Any, int, Any]] = deque()
         segment_start = time.perf_counter()
@@ -547,7 +567,9 @@ class Trainer:
             last_done = now
             if state_ref is not None:
                 state = self._get(state_ref, c.step_timeout_seconds, "checkpoint")
-                snap = Snapshot(state["params"], state["velocity"], progress.copy())
+                snap = Snapshot(
+                    state["params"], state["velocity"], progress.copy(), state["history"]
+                )
                 self._save_periodic(snap)
                 self._latest_snapshot = snap
                 last_done = time.perf_counter()
@@ -561,18 +583,24 @@ class Trainer:
             step += 1
             epoch, s_in_epoch = divmod(step - 1, spe)
             epoch += 1
-            if self._exchange_dir is not None:
+            j = max(0, step - 1 - k)
+            if shared:
                 # Arrays stay in shared memory; the refs passed along only order the tasks.
-                stats = [w.compute_shared.remote(weights, epoch, s_in_epoch) for w in workers]
-                weights = stats_ref = server.apply_shared.remote(step, *stats)
-            else:
-                outs = [
-                    w.compute_gradients.options(num_returns=2).remote(weights, epoch, s_in_epoch)
+                slot = j % (k + 1)
+                stats = [
+                    w.compute_shared.remote(ready[j], epoch, s_in_epoch, slot, step % (k + 1))
                     for w in workers
                 ]
-                weights, stats_ref = server.apply_gradients.options(num_returns=2).remote(
+                ready[step] = stats_ref = server.apply_shared.remote(step, *stats)
+            else:
+                outs = [
+                    w.compute_gradients.options(num_returns=2).remote(ready[j], epoch, s_in_epoch)
+                    for w in workers
+                ]
+                ready[step], stats_ref = server.apply_gradients.options(num_returns=2).remote(
                     step, *[g for g, _ in outs], *[st for _, st in outs]
                 )
+            ready.pop(step - k - 1, None)  # no later step reads those weights
             wants_ckpt = c.checkpoint_every and step % c.checkpoint_every == 0
             state_ref = server.state.remote() if wants_ckpt and step < total_steps else None
             pending.append((stats_ref, epoch, state_ref))
@@ -583,12 +611,18 @@ class Trainer:
                 self._end_epoch(
                     progress,
                     epoch,
-                    server.get_weights.remote() if self._exchange_dir is not None else weights,
+                    server.get_weights.remote() if shared else ready[step],
                 )
                 last_done = time.perf_counter()
         drain()
         state = self._get(server.state.remote(), c.step_timeout_seconds, "fetching weights")
-        return Snapshot(np.array(state["params"]), np.array(state["velocity"]), progress)
+        history = state["history"]
+        return Snapshot(
+            np.array(state["params"]),
+            np.array(state["velocity"]),
+            progress,
+            None if history is None else np.array(history),
+        )
 
     def _end_epoch(self, progress: Progress, epoch: int, weights_ref: Any) -> None:
         c = self.config

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ class ServerCore:
         step: int = 0,
         velocity: np.ndarray | None = None,
         buffer: np.ndarray | None = None,
+        staleness: int = 0,
+        history: np.ndarray | None = None,
     ) -> None:
         if params.shape != (spec.num_params,) or params.dtype != np.float32:
             raise ValueError(f"params must be float32 of shape ({spec.num_params},)")
@@ -69,6 +72,15 @@ class ServerCore:
             self.optimizer.velocity[...] = velocity
         self.total_steps = total_steps
         self.step = step
+        # Bounded staleness k: step t's gradients use the weights after update max(0, t-1-k),
+        # so the last k weights before the current ones are part of the state.
+        self.staleness = staleness
+        if staleness and history is not None and history.shape != (staleness, spec.num_params):
+            raise ValueError(f"history must have shape ({staleness}, {spec.num_params})")
+        older = list(history) if staleness and history is not None else [params] * staleness
+        self.recent: deque[np.ndarray] = deque(
+            [np.array(w, dtype=np.float32) for w in older], maxlen=staleness or None
+        )
         self._sum = np.empty_like(self.params)
         self._before = np.empty_like(self.params)
 
@@ -98,6 +110,8 @@ class ServerCore:
         if finite and count:
             # Never apply a non-finite update: the weights stay at the last good values.
             np.copyto(self._before, self.params)
+            if self.staleness:
+                self.recent.append(self._before.copy())
             self.optimizer.step(self.params, total, lr)
             update_norm = norm(np.subtract(self.params, self._before, out=self._before))
             self.step = step
@@ -116,8 +130,21 @@ class ServerCore:
             finite=finite and bool(np.isfinite(loss_sum)),
         )
 
+    def weights_at(self, j: int) -> np.ndarray:
+        """The weights after update ``j``, for one of the last ``staleness + 1`` updates."""
+        back = self.step - j
+        if not 0 <= back <= self.staleness:
+            raise ValueError(f"weights after update {j} are not kept (now at {self.step})")
+        return self.params if back == 0 else self.recent[-back]
+
     def state(self) -> dict[str, Any]:
-        return {"params": self.params, "velocity": self.optimizer.velocity, "step": self.step}
+        history = np.stack(list(self.recent)) if self.staleness else None
+        return {
+            "params": self.params,
+            "velocity": self.optimizer.velocity,
+            "step": self.step,
+            "history": history,
+        }
 
 
 class ParameterServer:
@@ -130,21 +157,40 @@ class ParameterServer:
     def __init__(
         self, *, exchange_dir: str | None = None, num_workers: int = 0, **kwargs: Any
     ) -> None:
-        self.grads: list[np.ndarray] = []
+        self.grads: list[list[np.ndarray]] = []
+        self.slots: list[np.ndarray] = []
+        staleness = kwargs.get("staleness", 0)
         if exchange_dir is not None:
             spec = kwargs["spec"]
-            kwargs["buffer"] = exchange.create(Path(exchange_dir), spec.num_params, num_workers)
-            self.grads = [
-                exchange.open_grad(Path(exchange_dir), r, spec.num_params)
+            self.slots = exchange.create(
+                Path(exchange_dir), spec.num_params, num_workers, staleness + 1
+            )
+            if not staleness:
+                kwargs["buffer"] = self.slots[0]  # synchronous: update the shared weights in place
+            # grads[slot][rank]
+            per_rank = [
+                exchange.open_grads(Path(exchange_dir), r, spec.num_params, staleness + 1)
                 for r in range(num_workers)
             ]
+            self.grads = [list(g) for g in zip(*per_rank, strict=True)]
         self.core = ServerCore(**kwargs)
+        if staleness and self.slots:
+            core = self.core
+            for j in range(max(0, core.step - staleness), core.step + 1):
+                self.slots[j % len(self.slots)][...] = core.weights_at(j)
 
     def ready(self) -> int:
         return self.core.step
 
     def apply_shared(self, step: int, *stats: GradStats) -> ServerStats:
-        return self.core.apply_gradients(step, self.grads, list(stats))
+        result = self.core.apply_gradients(step, self.grads[step % len(self.grads)], list(stats))
+        if self.core.staleness:
+            # Safe to overwrite: this slot's old weights were read only by this step's workers.
+            self.slots[step % len(self.slots)][...] = self.core.params
+        return result
+
+    def weights_at(self, j: int) -> np.ndarray:
+        return self.core.weights_at(j)
 
     def get_weights(self) -> np.ndarray:
         return self.core.params

@@ -239,3 +239,17 @@ def test_checkpoint_failure_stops_the_run_and_keeps_the_last_good_one(
     files = sorted(p.name for p in (tmp_path / CHECKPOINT_DIR).iterdir())
     assert files == ["step-00000010.npz"], files
     assert latest_checkpoint(tmp_path).meta["step"] == 10
+
+
+def test_killed_server_with_bounded_staleness_replays_the_same_bits(
+    prepared_mnist: Path, tmp_path: Path
+) -> None:
+    """The snapshot carries the k older weights that the next k steps still read."""
+    Trainer(config(prepared_mnist, tmp_path / "clean", staleness=2)).run()
+    _, killer = run_with_killer(
+        config(prepared_mnist, tmp_path / "faulty", staleness=2), {33}, "server"
+    )
+    assert len(killer.killed) == 1
+    resumed = checkpoint.load(tmp_path / "faulty" / "checkpoint.npz")
+    assert resumed.meta["progress"]["restarts"] == 1 and resumed.history.shape[0] == 2
+    np.testing.assert_array_equal(resumed.params, final_weights(tmp_path / "clean"))

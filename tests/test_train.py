@@ -51,9 +51,18 @@ def test_train_writes_checkpoint_history_and_summary(prepared_mnist: Path, tmp_p
     assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 128
 
 
-def test_ray_run_equals_the_plain_loop(prepared_mnist: Path, tmp_path: Path) -> None:
-    """The actors add no math: 10 steps on Ray give the weights of the same steps in-process."""
-    config = small_config(prepared_mnist, tmp_path / "run", max_steps=10, num_workers=3)
+@pytest.mark.parametrize("staleness", [0, 2])
+def test_ray_run_equals_the_plain_loop(
+    prepared_mnist: Path, tmp_path: Path, staleness: int
+) -> None:
+    """The actors add no math: 10 steps on Ray give the weights of the same steps in-process.
+
+    With bounded staleness k, step t's gradients are taken at the weights after update
+    max(0, t - 1 - k), exactly as the emulation below does it.
+    """
+    config = small_config(
+        prepared_mnist, tmp_path / "run", max_steps=10, num_workers=3, staleness=staleness
+    )
     summary = Trainer(config).run()
     got = checkpoint.load(Path(summary.checkpoint)).params
 
@@ -80,9 +89,12 @@ def test_ray_run_equals_the_plain_loop(prepared_mnist: Path, tmp_path: Path) -> 
         params=init_params(config.model, config.seed),
         total_steps=10,
     )
+    history = [server.params.copy()]  # history[j]: the weights after update j
     for step in range(1, 11):
-        res = [w.compute_gradients(server.params, 1, step - 1) for w in workers]
+        weights = history[max(0, step - 1 - staleness)]
+        res = [w.compute_gradients(weights, 1, step - 1) for w in workers]
         server.apply_gradients(step, [r[0].copy() for r in res], [r[1] for r in res])
+        history.append(server.params.copy())
     # BLAS thread counts differ between the actors and this process, so allow rounding noise.
     np.testing.assert_allclose(got, server.params, rtol=0, atol=1e-5)
     assert not np.array_equal(got, init_params(config.model, config.seed))
@@ -196,7 +208,16 @@ def test_shared_memory_and_object_store_exchanges_give_the_same_bits(
 ) -> None:
     runs = {}
     for exchange in ("shared-memory", "object-store"):
-        cfg = small_config(prepared_mnist, tmp_path / exchange, max_steps=12, exchange=exchange)
-        runs[exchange] = checkpoint.load(Path(Trainer(cfg).run().checkpoint)).params
-    np.testing.assert_array_equal(runs["shared-memory"], runs["object-store"])
+        for k in (0, 1):
+            cfg = small_config(
+                prepared_mnist,
+                tmp_path / f"{exchange}{k}",
+                max_steps=12,
+                exchange=exchange,
+                staleness=k,
+            )
+            runs[exchange, k] = checkpoint.load(Path(Trainer(cfg).run().checkpoint)).params
+    np.testing.assert_array_equal(runs["shared-memory", 0], runs["object-store", 0])
+    np.testing.assert_array_equal(runs["shared-memory", 1], runs["object-store", 1])
+    assert not np.array_equal(runs["shared-memory", 0], runs["shared-memory", 1])
     assert not list(exchange_root().glob(f"dtrain-{os.getpid()}-*")), "shared files left behind"

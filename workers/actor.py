@@ -28,6 +28,7 @@ class Worker:
         seed: int,
         device: str = "cpu",
         exchange_dir: str | None = None,
+        num_slots: int = 1,
     ) -> None:
         xp = array_module(device)  # fails here, in one line, on a node without CuPy or a GPU
         images, labels = read_rows(Path(data_dir), manifest, "train", *row_range)
@@ -42,13 +43,12 @@ class Worker:
             xp=xp,
         )
 
-        self.shared: tuple[np.ndarray, np.ndarray] | None = None
+        self.slots: list[np.ndarray] = []
+        self.grads: list[np.ndarray] = []
         if exchange_dir is not None:
             n = spec.num_params
-            self.shared = (
-                exchange.open_weights(Path(exchange_dir), n),
-                exchange.open_grad(Path(exchange_dir), rank, n),
-            )
+            self.slots = exchange.open_weights(Path(exchange_dir), n, num_slots)
+            self.grads = exchange.open_grads(Path(exchange_dir), rank, n, num_slots)
 
     def ready(self) -> int:
         return self.core.num_samples
@@ -61,11 +61,14 @@ class Worker:
     ) -> tuple[np.ndarray, GradStats]:
         return self.core.compute_gradients(weights, epoch, step)
 
-    def compute_shared(self, after: object, epoch: int, step: int) -> GradStats:
-        """``compute_gradients`` on the shared weights, writing the shared gradient buffer.
+    def compute_shared(
+        self, after: object, epoch: int, step: int, slot: int = 0, grad_slot: int = 0
+    ) -> GradStats:
+        """``compute_gradients`` on shared weights slot ``slot``, into gradient slot ``grad_slot``.
 
-        ``after`` is the server's previous update's stats: passing its ref orders this step.
+        ``after`` is the stats of the server update that wrote that weights slot: passing its
+        ref orders this task after it.
         """
-        assert self.shared is not None, "started without an exchange directory"
-        weights, grad = self.shared
-        return self.core.compute_gradients(weights, epoch, step, grad_out=grad)[1]
+        assert self.grads, "started without an exchange directory"
+        grad = self.grads[grad_slot]
+        return self.core.compute_gradients(self.slots[slot], epoch, step, grad_out=grad)[1]

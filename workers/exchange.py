@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-WEIGHTS = "weights.f32"
+
+def weights_name(slot: int) -> str:
+    return f"weights-{slot:03d}.f32"
 
 
 def exchange_root() -> Path:
@@ -35,8 +37,8 @@ def new_exchange_dir() -> Path:
     return exchange_root() / f"dtrain-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def grad_name(rank: int) -> str:
-    return f"grad-{rank:05d}.f32"
+def grad_name(rank: int, slot: int = 0) -> str:
+    return f"grad-{rank:05d}-{slot:03d}.f32"
 
 
 def _map(path: Path, num_params: int, create: bool) -> np.ndarray:
@@ -55,17 +57,28 @@ def _map(path: Path, num_params: int, create: bool) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.float32)
 
 
-def create(directory: Path, num_params: int, num_workers: int) -> np.ndarray:
-    """Make the weights and gradient files (the server does this); returns the weights."""
+def create(
+    directory: Path, num_params: int, num_workers: int, num_slots: int = 1
+) -> list[np.ndarray]:
+    """Make the weight slots and gradient files (the server does this); returns the slots.
+
+    One slot for synchronous training; ``staleness + 1`` for bounded staleness, where weight slot
+    ``j % num_slots`` holds the weights after update ``j`` and gradient slot ``t % num_slots``
+    a worker's gradient for step ``t`` (it may run ahead of the update reading the last one).
+    """
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     for rank in range(num_workers):
-        _map(directory / grad_name(rank), num_params, create=True)
-    return _map(directory / WEIGHTS, num_params, create=True)
+        for slot in range(num_slots):
+            _map(directory / grad_name(rank, slot), num_params, create=True)
+    return [_map(directory / weights_name(i), num_params, create=True) for i in range(num_slots)]
 
 
-def open_weights(directory: Path, num_params: int) -> np.ndarray:
-    return _map(directory / WEIGHTS, num_params, create=False)
+def open_weights(directory: Path, num_params: int, num_slots: int = 1) -> list[np.ndarray]:
+    return [_map(directory / weights_name(i), num_params, create=False) for i in range(num_slots)]
 
 
-def open_grad(directory: Path, rank: int, num_params: int) -> np.ndarray:
-    return _map(directory / grad_name(rank), num_params, create=False)
+def open_grads(directory: Path, rank: int, num_params: int, num_slots: int = 1) -> list[np.ndarray]:
+    return [
+        _map(directory / grad_name(rank, slot), num_params, create=False)
+        for slot in range(num_slots)
+    ]
