@@ -252,6 +252,33 @@ def cli() -> None:
     default=None,
     help="Ray cluster to join, e.g. 10.0.0.1:6379. [default: $RAY_ADDRESS, else a new local Ray]",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    help="Serve Prometheus metrics on this port while training (0 picks a free one and prints "
+    "it). [default: no endpoint]",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics endpoint binds to; 0.0.0.0 exposes it beyond this machine.",
+)
+@click.option(
+    "--metrics-grace",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="Seconds the metrics endpoint stays up after the job ends, so the last values are "
+    "scraped.",
+)
+@click.option(
+    "--pushgateway",
+    default=None,
+    help="Push the final metrics to this Prometheus Pushgateway (e.g. http://127.0.0.1:9091) "
+    "when the job ends.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.pass_context
 @user_errors
@@ -269,7 +296,22 @@ def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: An
         config = build_config(given, base=saved_config(resume_dir), run_dir=resume_dir)
     else:
         config = build_config(opts)
-    observers = [HistoryWriter(config.run_dir / "history.jsonl"), ConsoleProgress()]
+    observers: list[Any] = [HistoryWriter(config.run_dir / "history.jsonl"), ConsoleProgress()]
+    port, pushgateway = opts["metrics_port"], opts["pushgateway"]
+    if port is not None or pushgateway:
+        from service.metrics import PrometheusMetrics
+
+        metrics = PrometheusMetrics(
+            grace_seconds=opts["metrics_grace"] if port is not None else 0.0,
+            pushgateway=pushgateway,
+        )
+        if port is not None:
+            # Before Ray starts: a port in use is an error that costs the user no waiting.
+            bound = metrics.serve(opts["metrics_host"], port)
+            click.echo(
+                f"dtrain: metrics at http://{opts['metrics_host']}:{bound}/metrics", err=True
+            )
+        observers.append(metrics)
     summary = Trainer(
         config, observers, address=opts["address"], resume=resume_dir is not None
     ).run()

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import io
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -182,6 +183,17 @@ def job_file(ws: Path, text: str) -> list[str]:
     path = ws / "job.toml"
     path.write_text(text)
     return ["train", "--config", str(path)]
+
+
+HELD: list[socket.socket] = []  # listening sockets a case holds until it has run
+
+
+def port_in_use(ws: Path) -> list[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    HELD.append(sock)
+    return train_args(ws / "data", ws, "--metrics-port", str(sock.getsockname()[1]))
 
 
 @dataclass(frozen=True)
@@ -428,6 +440,14 @@ CASES = [
         process=True,
     ),
     Case(
+        "metrics-port-in-use",
+        "cluster",
+        "`--metrics-port` on a port another process listens on",
+        port_in_use,
+        1,
+        "is in use",
+    ),
+    Case(
         "address-malformed",
         "cluster",
         "`--address nonsense`",
@@ -443,21 +463,29 @@ def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
+def run_case(case: Case, args: list[str]) -> tuple[int, str]:
+    if case.process:
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120
+        )
+        return done.returncode, done.stdout + done.stderr
+    result = CliRunner().invoke(cli, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
     args = case.build(ws)
     before = snapshot(ws)
-    if case.process:
-        done = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120
-        )
-        code, output = done.returncode, done.stdout + done.stderr
-    else:
-        result = CliRunner().invoke(cli, args)
-        code, output = result.exit_code, result.output
-        assert result.exception is None or isinstance(result.exception, SystemExit), output
+    try:
+        code, output = run_case(case, args)
+    finally:
+        for sock in HELD:
+            sock.close()
+        HELD.clear()
     assert code == case.code, output
     assert case.says in output, output
     assert "Traceback" not in output

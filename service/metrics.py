@@ -1,0 +1,238 @@
+"""Prometheus metrics of a training run, served by the driver (one endpoint per job).
+
+Workers' timings reach the driver inside each step's stats, so nothing listens on the workers'
+nodes. Names follow Prometheus practice: one ``dtrain_`` prefix, base units (``_seconds``), ratios
+0..1 (``_ratio``), counters ``_total``, timestamps ``*_timestamp_seconds``, few label values
+(phase, worker rank), histograms rather than summaries. Every series that will exist is exported
+at 0 from the start, so dashboards and alerts see it before the first event.
+
+The base ``service.observers.Observer`` is the no-op implementation tests use; this is the real
+one.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
+from prometheus_client import start_http_server as _start_http_server
+
+from service import __version__
+from service.errors import DtrainError
+from service.observers import Observer
+from service.stats import EpochStats, JobInfo, RunSummary, StepStats
+
+# 8 steps per second of the chapter's job fit between 5 ms (one fast step) and 10 s (a stalled
+# one); the buckets span that range roughly geometrically.
+STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+PHASES = ("compute", "aggregate", "update", "wait")
+DEFAULT_PORT = 9108  # in the range Prometheus's wiki lists for exporters, not claimed there
+
+
+class PrometheusMetrics(Observer):
+    """Updates the run's metrics from the driver's hooks; ``serve()`` exposes them over HTTP."""
+
+    def __init__(self, *, grace_seconds: float = 0.0, pushgateway: str | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.grace_seconds = grace_seconds
+        self.pushgateway = pushgateway
+        self.port: int | None = None
+        self.host: str | None = None
+        self._server: Any = None
+        r = self.registry
+        self.build_info = Gauge(
+            "dtrain_build_info", "dtrain version, always 1", ["version"], registry=r
+        )
+        self.job_info = Gauge(
+            "dtrain_job_info",
+            "the job's configuration, always 1",
+            ["version", "num_workers", "batch_size", "optimizer"],
+            registry=r,
+        )
+        self.start_time = Gauge(
+            "dtrain_job_start_timestamp_seconds", "when training began", registry=r
+        )
+        self.end_time = Gauge(
+            "dtrain_job_end_timestamp_seconds", "when the job ended (0 while it runs)", registry=r
+        )
+        self.success = Gauge("dtrain_job_success", "1 after a successful end, else 0", registry=r)
+        self.epoch = Gauge("dtrain_epoch", "the epoch in progress (1-based)", registry=r)
+        self.epochs = Gauge("dtrain_epochs", "epochs the job will run", registry=r)
+        self.steps = Counter("dtrain_steps", "parameter-server updates applied", registry=r)
+        self.samples = Counter("dtrain_samples", "training samples processed", registry=r)
+        self.steps_per_second = Gauge(
+            "dtrain_steps_per_second", "updates per second over the last epoch", registry=r
+        )
+        self.samples_per_second = Gauge(
+            "dtrain_samples_per_second", "samples per second over the last epoch", registry=r
+        )
+        self.train_loss = Gauge(
+            "dtrain_train_loss", "cross-entropy of the last step's batch", registry=r
+        )
+        self.train_accuracy = Gauge(
+            "dtrain_train_accuracy_ratio", "accuracy on the last step's batch", registry=r
+        )
+        self.epoch_loss = Gauge(
+            "dtrain_epoch_train_loss", "mean training cross-entropy of the last epoch", registry=r
+        )
+        self.epoch_accuracy = Gauge(
+            "dtrain_epoch_train_accuracy_ratio", "training accuracy of the last epoch", registry=r
+        )
+        self.test_loss = Gauge(
+            "dtrain_test_loss", "test-set cross-entropy, last evaluation", registry=r
+        )
+        self.test_accuracy = Gauge(
+            "dtrain_test_accuracy_ratio", "test-set accuracy, last evaluation", registry=r
+        )
+        self.learning_rate = Gauge(
+            "dtrain_learning_rate", "learning rate of the last step", registry=r
+        )
+        self.grad_norm = Gauge(
+            "dtrain_gradient_norm", "L2 norm of the last averaged gradient", registry=r
+        )
+        self.update_norm = Gauge(
+            "dtrain_update_norm", "L2 norm of the last weight update", registry=r
+        )
+        self.step_seconds = Histogram(
+            "dtrain_step_duration_seconds",
+            "wall time of one step as the driver sees it",
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.phase_seconds = Histogram(
+            "dtrain_step_phase_duration_seconds",
+            "a step's time by phase: compute (slowest worker), aggregate (server sum), update "
+            "(optimizer), wait (the rest: transfer, scheduling, the driver)",
+            ["phase"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.worker_seconds = Histogram(
+            "dtrain_worker_compute_duration_seconds",
+            "one worker's gradient computation per step",
+            ["worker"],
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
+        self.workers_alive = Gauge("dtrain_workers_alive", "worker actors running", registry=r)
+        self.restarts = Counter(
+            "dtrain_worker_restarts", "rebuilds of lost actors from a snapshot", registry=r
+        )
+        self.failed_steps = Counter(
+            "dtrain_failed_steps", "steps lost to an actor failure", registry=r
+        )
+        self.checkpoints = Counter("dtrain_checkpoints_written", "checkpoints written", registry=r)
+        self.checkpoint_time = Gauge(
+            "dtrain_last_checkpoint_timestamp_seconds",
+            "when the last checkpoint was written (0: none yet)",
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
+        for phase in PHASES:
+            self.phase_seconds.labels(phase=phase)
+        self._restarts_seen = 0
+        self._epoch_end_step = 0
+
+    # --- serving ----------------------------------------------------------------------------
+
+    def serve(self, host: str = "127.0.0.1", port: int = DEFAULT_PORT) -> int:
+        """Start the HTTP endpoint; returns the port (port 0 picks a free one)."""
+        try:
+            self._server, _ = _start_http_server(port, addr=host, registry=self.registry)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise DtrainError(
+                    f"metrics port {port} on {host} is in use: choose another --metrics-port "
+                    "(0 picks a free one)"
+                ) from e
+            raise DtrainError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from e
+        self.host, self.port = host, int(self._server.server_port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # --- hooks ------------------------------------------------------------------------------
+
+    def on_start(self, info: JobInfo) -> None:
+        self.job_info.labels(
+            version=info.version,
+            num_workers=str(info.num_workers),
+            batch_size=str(info.batch_size),
+            optimizer=info.optimizer,
+        ).set(1)
+        self.epochs.set(info.epochs)
+        self.start_time.set(time.time())
+        for rank in range(info.num_workers):
+            self.worker_seconds.labels(worker=str(rank))
+
+    def on_step(self, s: StepStats) -> None:
+        self.epoch.set(s.epoch)
+        self.steps.inc()
+        self.samples.inc(s.samples)
+        self.train_loss.set(s.loss)
+        self.train_accuracy.set(s.accuracy)
+        self.learning_rate.set(s.learning_rate)
+        self.grad_norm.set(s.grad_norm)
+        self.update_norm.set(s.update_norm)
+        self.step_seconds.observe(s.step_seconds)
+        compute = max(s.worker_compute_seconds, default=0.0)
+        wait = max(s.step_seconds - compute - s.aggregate_seconds - s.update_seconds, 0.0)
+        for phase, value in zip(
+            PHASES, (compute, s.aggregate_seconds, s.update_seconds, wait), strict=True
+        ):
+            self.phase_seconds.labels(phase=phase).observe(value)
+        for rank, seconds in enumerate(s.worker_compute_seconds):
+            self.worker_seconds.labels(worker=str(rank)).observe(seconds)
+
+    def on_epoch(self, e: EpochStats) -> None:
+        self.epoch_loss.set(e.train_loss)
+        self.epoch_accuracy.set(e.train_accuracy)
+        if e.test_accuracy is not None and e.test_loss is not None:
+            self.test_accuracy.set(e.test_accuracy)
+            self.test_loss.set(e.test_loss)
+        self.samples_per_second.set(e.samples_per_second)
+        if e.seconds > 0:
+            self.steps_per_second.set((e.steps - self._epoch_end_step) / e.seconds)
+        self._epoch_end_step = e.steps
+
+    def on_checkpoint(self, path: Path, step: int) -> None:
+        self.checkpoints.inc()
+        self.checkpoint_time.set(time.time())
+
+    def on_health(self, workers_alive: int, restarts: int, failed_steps: int) -> None:
+        self.workers_alive.set(workers_alive)
+        if restarts > self._restarts_seen:
+            self.restarts.inc(restarts - self._restarts_seen)
+            self._restarts_seen = restarts
+        if failed_steps:
+            self.failed_steps.inc(failed_steps)
+
+    def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
+        self.end_time.set(time.time())
+        self.workers_alive.set(0)
+        if summary is not None:
+            self.success.set(1)
+            self.test_accuracy.set(summary.test_accuracy)
+            self.test_loss.set(summary.test_loss)
+        if self.pushgateway:
+            try:
+                push_to_gateway(self.pushgateway, job="dtrain", registry=self.registry, timeout=10)
+            except OSError as e:  # the run's outcome stands; say the push failed
+                print(f"dtrain: could not push metrics to {self.pushgateway}: {e}", file=sys.stderr)
+        if self._server is not None and self.grace_seconds > 0:
+            print(
+                f"dtrain: serving the final metrics at http://{self.host}:{self.port}/metrics "
+                f"for {self.grace_seconds:g}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(self.grace_seconds)
+        self.close()
