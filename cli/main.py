@@ -496,9 +496,11 @@ def main() -> None:
 def _attach_subcommands() -> None:
     from cli.bench_cmd import bench
     from cli.data_cmds import data
+    from cli.report_cmd import report
 
     cli.add_command(data)
     cli.add_command(bench)
+    cli.add_command(report)
 
 
 _attach_subcommands()

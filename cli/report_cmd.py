@@ -1,0 +1,28 @@
+"""``dtrain report RUN_DIR``: draw a run's curves and step-time breakdown to a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from service.errors import DtrainError
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PNG file to write. [default: RUN_DIR/report.png]",
+)
+def report(run_dir: Path, out: Path | None) -> None:
+    """Loss and accuracy curves and where each step's time went, as one PNG."""
+    from service.report import render
+
+    try:
+        path = render(run_dir, out or run_dir / "report.png")
+    except DtrainError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"wrote {path}")

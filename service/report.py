@@ -1,0 +1,153 @@
+"""``dtrain report``: a run's history (``history.jsonl``) drawn as one PNG a person can read.
+
+Three panels: loss and accuracy curves (per step, smoothed, and per epoch on the test set) and
+where a step's time goes (compute, aggregation, update, waiting), as the driver recorded them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.errors import DtrainError
+
+PHASE_COLORS = {
+    "compute": "#4C72B0",
+    "aggregate": "#DD8452",
+    "update": "#55A868",
+    "wait": "#C44E52",
+}
+
+
+def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Step and epoch records; a step replayed after a fault counts once (its last record)."""
+    path = run_dir / "history.jsonl"
+    if not run_dir.is_dir():
+        raise DtrainError(f"{run_dir} is not a directory")
+    if not path.is_file():
+        raise DtrainError(f"{run_dir} has no history.jsonl: is it a dtrain run directory?")
+    steps: dict[int, dict[str, Any]] = {}
+    epochs: dict[int, dict[str, Any]] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DtrainError(f"{path}:{number} is not JSON: {e.msg}") from e
+        if record.get("kind") == "step":
+            steps[int(record["step"])] = record
+        elif record.get("kind") == "epoch":
+            epochs[int(record["epoch"])] = record
+    if not steps:
+        raise DtrainError(f"{path} records no training step yet")
+    return [steps[k] for k in sorted(steps)], [epochs[k] for k in sorted(epochs)]
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` steps (shorter at the start), the curve a person reads."""
+    if window <= 1 or len(values) == 0:
+        return values
+    csum = np.cumsum(np.insert(values, 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (csum[idx] - csum[lo]) / (idx - lo)
+
+
+def phases(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    compute = np.array([max(s["worker_compute_seconds"] or [0.0]) for s in steps])
+    aggregate = np.array([s["aggregate_seconds"] for s in steps])
+    update = np.array([s["update_seconds"] for s in steps])
+    total = np.array([s["step_seconds"] for s in steps])
+    wait = np.maximum(total - compute - aggregate - update, 0.0)
+    return {"compute": compute, "aggregate": aggregate, "update": update, "wait": wait}
+
+
+def render(run_dir: Path, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to a file
+    import matplotlib.pyplot as plt
+
+    steps, epochs = read_history(run_dir)
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    x = np.array([s["step"] for s in steps])
+    window = max(1, len(steps) // 50)
+    fig, (ax_loss, ax_acc, ax_time) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=110)
+
+    loss = np.array([s["loss"] for s in steps])
+    ax_loss.plot(x, loss, color="#bbbbbb", linewidth=0.6, label="train, per step")
+    ax_loss.plot(x, smooth(loss, window), color="#4C72B0", label=f"train, mean of {window}")
+    ex = [e["steps"] for e in epochs]
+    ax_loss.plot(
+        ex, [e["train_loss"] for e in epochs], "o", color="#4C72B0", label="train, epoch mean"
+    )
+    tested = [e for e in epochs if e.get("test_loss") is not None]
+    if tested:
+        ax_loss.plot(
+            [e["steps"] for e in tested],
+            [e["test_loss"] for e in tested],
+            "s-",
+            color="#C44E52",
+            label="test",
+        )
+    ax_loss.set(title="Cross-entropy loss", xlabel="step", yscale="log")
+    ax_loss.legend(fontsize=8)
+
+    acc = np.array([s["accuracy"] for s in steps])
+    ax_acc.plot(x, smooth(acc, window), color="#4C72B0", label=f"train, mean of {window}")
+    ax_acc.plot(
+        ex, [e["train_accuracy"] for e in epochs], "o", color="#4C72B0", label="train, epoch"
+    )
+    if tested:
+        ax_acc.plot(
+            [e["steps"] for e in tested],
+            [e["test_accuracy"] for e in tested],
+            "s-",
+            color="#C44E52",
+            label="test",
+        )
+        best = tested[-1]["test_accuracy"]
+        ax_acc.annotate(
+            f"test {best:.4f}",
+            (tested[-1]["steps"], best),
+            textcoords="offset points",
+            xytext=(-60, -18),
+            fontsize=9,
+        )
+    # The first few steps climb from 0.1; the axis starts where most of the run is.
+    low = min([np.percentile(smooth(acc, window), 5)] + [e["test_accuracy"] for e in tested])
+    ax_acc.set(title="Accuracy", xlabel="step", ylim=(max(0.0, low - 0.02), 1.0))
+    ax_acc.legend(fontsize=8, loc="lower right")
+
+    parts = phases(steps)
+    stacked = [smooth(parts[p], window) * 1e3 for p in PHASE_COLORS]
+    means = {p: parts[p].mean() * 1e3 for p in PHASE_COLORS}
+    ax_time.stackplot(
+        x,
+        stacked,
+        colors=list(PHASE_COLORS.values()),
+        labels=[f"{p} ({means[p]:.2f} ms)" for p in PHASE_COLORS],
+    )
+    ax_time.set(title="Where a step's time goes (ms, smoothed)", xlabel="step", ylabel="ms")
+    ax_time.legend(fontsize=8, loc="upper right")
+
+    title = f"dtrain run {run_dir.name}"
+    if summary:
+        title += (
+            f": {summary['epochs']} epochs, {summary['steps']} steps, {summary['num_workers']} "
+            f"workers, batch {summary['batch_size']}, test accuracy "
+            f"{summary['test_accuracy']:.4f}, {summary['samples_per_second']:,.0f} samples/s"
+        )
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out

@@ -1,0 +1,85 @@
+"""`dtrain report` draws a run's history to a PNG, and says clearly when it cannot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from cli.main import cli
+from service.report import phases, read_history, smooth
+
+
+def write_history(run_dir: Path, steps: int = 40, replayed: tuple[int, ...] = ()) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for step in [*range(1, steps + 1), *replayed]:
+        lines.append(
+            {
+                "kind": "step",
+                "epoch": 1 + (step - 1) // 20,
+                "step": step,
+                "samples": 128,
+                "loss": 2.0 / step,
+                "accuracy": min(0.99, 0.1 + step / 40),
+                "learning_rate": 0.1,
+                "grad_norm": 1.0,
+                "update_norm": 0.1,
+                "step_seconds": 0.01,
+                "worker_compute_seconds": [0.004, 0.005],
+                "aggregate_seconds": 0.001,
+                "update_seconds": 0.002,
+            }
+        )
+        if step % 20 == 0 and step not in replayed:
+            lines.append(
+                {
+                    "kind": "epoch",
+                    "epoch": step // 20,
+                    "steps": step,
+                    "train_loss": 0.3,
+                    "train_accuracy": 0.9,
+                    "test_loss": 0.2,
+                    "test_accuracy": 0.95,
+                    "seconds": 0.2,
+                    "samples_per_second": 12800.0,
+                }
+            )
+    (run_dir / "history.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+
+
+def test_report_writes_a_png(tmp_path: Path) -> None:
+    write_history(tmp_path / "run")
+    out = tmp_path / "r.png"
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a real picture
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png", "run"]  # no temp file left
+
+
+def test_a_replayed_step_counts_once_and_phases_add_up(tmp_path: Path) -> None:
+    write_history(tmp_path / "run", replayed=(15, 16))
+    steps, epochs = read_history(tmp_path / "run")
+    assert [s["step"] for s in steps] == list(range(1, 41)) and len(epochs) == 2
+    parts = phases(steps)
+    total = sum(parts.values())
+    np.testing.assert_allclose(total, 0.01)
+    np.testing.assert_allclose(parts["wait"], 0.01 - 0.005 - 0.001 - 0.002)
+
+
+def test_smooth_is_a_trailing_mean() -> None:
+    np.testing.assert_allclose(smooth(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1, 2, 4, 6])
+
+
+def test_missing_or_empty_history_is_one_line(tmp_path: Path) -> None:
+    r = CliRunner().invoke(cli, ["report", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "is not a directory" in r.output
+    (tmp_path / "run").mkdir()
+    r = CliRunner().invoke(cli, ["report", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "has no history.jsonl" in r.output
+    (tmp_path / "run" / "history.jsonl").write_text("{not json\n")
+    r = CliRunner().invoke(cli, ["report", str(tmp_path / "run")])
+    assert r.exit_code == 1 and "history.jsonl:1 is not JSON" in r.output
