@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,20 @@ from service.driver import Trainer
 from service.metrics import PrometheusMetrics
 
 pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def documented_metric_names() -> set[str]:
+    """dtrain_* names in the Grafana dashboard's queries and the README's metric table."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dtrain-dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Watching a run") : readme.index("## How it works")]
+    names = set(re.findall(r"\bdtrain_[a-z_]+", exprs + " " + section))
+    assert len(names) >= 25, sorted(names)
+    return names
 
 
 def free_port() -> int:
@@ -116,6 +131,13 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(
         assert latest('dtrain_step_phase_duration_seconds_count{phase="compute"}') == 300
         assert latest("count(dtrain_worker_compute_duration_seconds_count)") == 2
         assert latest('dtrain_job_info{optimizer="nesterov",batch_size="128"}') == 1
+
+        # Every series the dashboard and the README name is in what Prometheus really scraped.
+        scraped = set(api(base, "label/__name__/values"))
+        assert "dtrain_steps_total" in scraped
+        # A histogram is named by its family (README) and scraped as _bucket/_sum/_count.
+        missing = {n for n in documented_metric_names() if not {n, f"{n}_count"} & scraped}
+        assert not missing, f"named but never scraped: {sorted(missing)}"
 
         # Counters only grow, and the run was scraped while it ran, not only at the end.
         series = api(
