@@ -105,6 +105,13 @@ def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tupl
     show_default=True,
     help="dtrain's step exchange, as for `dtrain train` (auto: shared memory on one node).",
 )
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "gpu"]),
+    default="cpu",
+    show_default=True,
+    help="Where dtrain's workers compute (gpu: CuPy, one GPU per worker); the loops stay on CPU.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
 def bench(
     batch_sizes: tuple[int, ...],
@@ -119,6 +126,7 @@ def bench(
     data_dir: Path | None,
     seed: int,
     exchange: str,
+    device: str,
     as_json: bool,
 ) -> None:
     """Time dtrain against the sgemm floor, a plain NumPy loop and PyTorch, in one run.
@@ -138,6 +146,7 @@ def bench(
         "simulate": simulate,
         "seed": seed,
         "exchange": exchange,
+        "device": device,
     }
     if steps is not None:
         options["steps"] = steps

@@ -112,6 +112,8 @@ class BenchConfig:
     seed: int = 0
     # dtrain's step exchange (TrainConfig.exchange); the probe always measures the object store.
     exchange: str = "auto"
+    # dtrain's workers: "cpu", or "gpu" (CuPy) to compare GPU workers with the CPU loops.
+    device: str = "cpu"
     model: ModelSpec = field(default_factory=ModelSpec)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -515,6 +517,7 @@ def dtrain_run(
         max_steps=total_steps,
         eval_every_epoch=False,
         exchange=cfg.exchange,
+        device=cfg.device,
     )
     recorder = StepRecorder(total_steps)
     summary = Trainer(config, [recorder]).run()

@@ -94,3 +94,29 @@ def test_auto_falls_back_to_cpu_workers(prepared_mnist: Path, tmp_path: Path) ->
 def test_gpu_worker_count_is_validated() -> None:
     with pytest.raises(ValueError, match="num_gpu_workers must be between 0 and num_workers"):
         TrainConfig(data_dir=".", run_dir=".", num_workers=2, num_gpu_workers=3)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_bench_on_gpu_without_a_gpu_is_one_line(prepared_mnist: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    args = [
+        "bench",
+        "--quick",
+        "--device",
+        "gpu",
+        "--no-torch",
+        "--no-probe",
+        "--batch-sizes",
+        "128",
+        "--workers",
+        "1",
+        "--data-dir",
+        str(prepared_mnist),
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    assert "needs 1 GPUs but the Ray cluster has 0" in result.output
+    assert "Traceback" not in result.output
