@@ -100,9 +100,11 @@ def cli() -> None:
 )
 @click.option(
     "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    # A string, not a Path: Path() would fold the "//" of a URI such as s3://bucket/mnist.
+    type=click.Path(file_okay=False),
     default=None,
-    help="Prepared Arrow dataset; the embedded MNIST is prepared there if missing. "
+    help="Prepared Arrow dataset: a directory (the embedded MNIST is prepared there if missing) "
+    "or a pyarrow.fs URI every node can read, e.g. s3://bucket/mnist or file:///shared/mnist. "
     "[default: $DTRAIN_DATA_DIR or ~/.cache/dtrain/mnist]",
 )
 @click.option(
@@ -212,6 +214,15 @@ def cli() -> None:
     show_default=True,
     help="How weights and gradients move per step: shared memory on one node, Ray's object "
     "store on any cluster; auto picks shared memory on a single-node cluster.",
+)
+@click.option(
+    "--data-transport",
+    type=click.Choice(["auto", "local", "object-store"]),
+    default="auto",
+    show_default=True,
+    help="How training rows reach the workers: local: each reads --data-dir itself (a path on "
+    "its node, or the URI); object-store: the driver ships them through Ray's object store, for "
+    "nodes that cannot see its disk; auto: object-store for a path on a multi-node cluster.",
 )
 @click.option(
     "--device",
@@ -342,6 +353,7 @@ OPTION_FIELDS = {
     "max_restarts": "max_restarts",
     "device": "device",
     "exchange": "exchange",
+    "data_transport": "data_transport",
     "staleness": "staleness",
     "gpu_workers": "num_gpu_workers",
 }

@@ -9,11 +9,13 @@ from typing import Any
 
 from service.optim import OptimizerConfig
 from workers.model import ModelSpec
+from workers.shards import is_uri
 
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    data_dir: Path
+    # A local directory, or a pyarrow.fs URI (s3://..., file:///...) kept as a string.
+    data_dir: Path | str
     run_dir: Path
     epochs: int = 5  # the chapter's Keras run
     batch_size: int = 128  # the chapter's Keras run
@@ -42,9 +44,14 @@ class TrainConfig:
     num_gpu_workers: int | None = None
     # Rebuilds of lost actors (and Ray restarts of each worker) before the run gives up.
     max_restarts: int = 3
+    # How training rows reach the workers: "local" (each reads data_dir), "object-store" (the
+    # driver ships them), "auto" (object store for a local path on a multi-node cluster).
+    data_transport: str = "auto"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        # Path() would fold the "//" of a URI, so URIs stay strings.
+        if not is_uri(self.data_dir):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "run_dir", Path(self.run_dir))
         positive = {
             "epochs": self.epochs,
@@ -62,6 +69,11 @@ class TrainConfig:
         if self.exchange not in ("auto", "shared-memory", "object-store"):
             raise ValueError(
                 f"exchange must be one of auto, shared-memory, object-store, got {self.exchange!r}"
+            )
+        if self.data_transport not in ("auto", "local", "object-store"):
+            raise ValueError(
+                "data_transport must be one of auto, local, object-store, "
+                f"got {self.data_transport!r}"
             )
         if self.device not in ("cpu", "gpu", "auto"):
             raise ValueError(f"device must be one of cpu, gpu, auto, got {self.device!r}")

@@ -26,7 +26,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from service import __version__, checkpoint, dataset
+from service import __version__, checkpoint, transport
 from service.config import TrainConfig
 from service.errors import DtrainError
 from service.observers import Observer
@@ -36,7 +36,7 @@ from workers import exchange
 from workers.actor import Worker
 from workers.model import Network, init_params
 from workers.plan import split_evenly, steps_per_epoch, worker_batch_sizes
-from workers.shards import ShardError, check_split, read_rows, to_float
+from workers.shards import ShardError, ShardSource, read_rows, to_float
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,11 @@ class Trainer:
         self._gpu_workers = 0
         self._shared_memory = False
         self._exchange_dir: Path | None = None
+        # The data transport and each rank's shard source, fixed once per run: object-store
+        # sources hold the refs of the shipped shards, which must outlive every rebuild.
+        self._transport = ""
+        self._sources: list[ShardSource] | None = None
+        self._worker_nodes: list[str] = []
 
     # --- set-up ----------------------------------------------------------------------------
 
@@ -253,15 +258,8 @@ class Trainer:
     def run(self) -> RunSummary:
         c = self.config
         wall_start = time.perf_counter()
-        manifest = dataset.ensure_prepared(c.data_dir)
-        if "://" not in str(c.data_dir):
-            # Checksums and schemas on the driver, before any actor exists: a damaged dataset is
-            # one clear error here, not workers dying in their constructors.
-            dataset.verify(c.data_dir, manifest)
-            try:
-                check_split(c.data_dir, manifest, "train")
-            except ShardError as e:
-                raise DtrainError(str(e)) from e
+        # Checked on the driver (checksums, schemas) before any actor exists.
+        manifest = transport.load_manifest(c.data_dir)
         ranges, slices, spe = self._plan(manifest)
         total_steps = spe * c.epochs
         if c.max_steps is not None:
@@ -342,6 +340,8 @@ class Trainer:
             checkpoint=str(ckpt_path),
             run_dir=str(c.run_dir),
             restarts=progress.restarts,
+            data_transport=self._transport,
+            worker_nodes=list(self._worker_nodes),
             history=history,
         )
         checkpoint.atomic_write_bytes(
@@ -455,11 +455,19 @@ class Trainer:
             self._start_wait([server.ready.remote()])
         # A worker's constructor reloads the same rows, and a step is deterministic, so Ray may
         # restart a dead worker and re-run its in-flight steps without changing a bit.
+        if self._sources is None:
+            self._transport = transport.choose(
+                c.data_transport, c.data_dir, len(transport.alive_nodes())
+            )
+            self._sources = transport.worker_sources(self._transport, c.data_dir, manifest, ranges)
         worker_cls = ray.remote(Worker)
         base = {
             "num_cpus": c.num_cpus_per_worker,
             "max_restarts": c.max_restarts,
             "max_task_retries": c.max_restarts,
+            # Across nodes where the cluster has several: each node's CPUs and network share
+            # the work, and one lost node takes fewer workers with it.
+            "scheduling_strategy": "SPREAD",
         }
         num_gpu = self._gpu_workers
         workers = [
@@ -468,6 +476,7 @@ class Trainer:
                 rank=rank,
                 spec=c.model,
                 data_dir=str(c.data_dir),
+                source=self._sources[rank],
                 manifest=manifest,
                 row_range=row_range,
                 batch_slice=slices[rank],
@@ -478,6 +487,9 @@ class Trainer:
             for rank, row_range in enumerate(ranges)
         ]
         self._start_wait([server.ready.remote(), *[w.ready.remote() for w in workers]])
+        self._worker_nodes = self._get(
+            [w.node_id.remote() for w in workers], ACTOR_START_TIMEOUT_SECONDS, "start"
+        )
         self.server, self.workers = server, workers
         self._emit("on_health", len(workers), snapshot.progress.restarts, 0)
         return server, workers

@@ -87,6 +87,10 @@ class RunSummary:
     checkpoint: str
     run_dir: str
     restarts: int = 0
+    # How the training rows reached the workers: local, filesystem or object-store.
+    data_transport: str = ""
+    # The Ray node id (hex) each worker ran on, by rank (the last placement after rebuilds).
+    worker_nodes: list[str] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

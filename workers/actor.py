@@ -1,4 +1,8 @@
-"""The worker actor: a thin Ray shell around ``WorkerCore`` that loads its own rows."""
+"""The worker actor: a thin Ray shell around ``WorkerCore`` that loads its own rows.
+
+The rows come from a ``ShardSource``: memory-mapped from the node's disk, read from a shared
+``pyarrow.fs`` URI, or taken from Ray's object store where the driver put them.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from workers import exchange
 from workers.core import GradStats, WorkerCore
 from workers.device import array_module
 from workers.model import ModelSpec
-from workers.shards import read_rows, to_float
+from workers.shards import ShardSource, read_rows, to_float
 
 
 class Worker:
@@ -21,7 +25,7 @@ class Worker:
         *,
         rank: int,
         spec: ModelSpec,
-        data_dir: str,
+        data_dir: str | None,
         manifest: dict[str, Any],
         row_range: tuple[int, int],
         batch_slice: int,
@@ -29,9 +33,13 @@ class Worker:
         device: str = "cpu",
         exchange_dir: str | None = None,
         num_slots: int = 1,
+        source: ShardSource | None = None,
     ) -> None:
         xp = array_module(device)  # fails here, in one line, on a node without CuPy or a GPU
-        images, labels = read_rows(Path(data_dir), manifest, "train", *row_range)
+        # Without a source, data_dir is read from here: a path on this node, or a URI.
+        where = source if source is not None else data_dir
+        assert where is not None, "a worker needs a data_dir or a shard source"
+        images, labels = read_rows(where, manifest, "train", *row_range)
         # Converting once here, not per step: ~94 MB for half of MNIST, and no per-step work.
         self.core = WorkerCore(
             rank=rank,
@@ -55,6 +63,12 @@ class Worker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node_id(self) -> str:
+        """The Ray node this worker runs on (hex), so a run can report where its workers were."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def compute_gradients(
         self, weights: np.ndarray, epoch: int, step: int

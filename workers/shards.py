@@ -1,17 +1,22 @@
-"""Reading prepared MNIST shards: Arrow IPC files, memory-mapped, described by manifest.json.
+"""Reading prepared MNIST shards: Arrow IPC files, described by manifest.json.
 
 This module is imported by worker actors and by the driver's data preparation alike, so it holds
 the on-disk contract (``SCHEMA`` and the image size) and depends on nothing in ``service/``.
 Its errors are ``ShardError`` with a one-line message; the service maps them to ``DtrainError``.
+
+A shard's bytes come from one of three places (a ``ShardSource``): a directory on this node's
+disk (memory-mapped), a ``pyarrow.fs`` URI such as ``s3://bucket/mnist`` that every node can
+open, or Ray's object store, where the driver put them for nodes that cannot see its disk. Every
+source goes through the same checks (schema, row count, nulls, label range).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -109,14 +114,100 @@ def _check_entry(entry: ShardEntry, split: str, expected_offset: int) -> None:
         )
 
 
+def is_uri(location: object) -> bool:
+    """A ``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``...) rather than a local path."""
+    return "://" in str(location)
+
+
+class ShardSource(Protocol):
+    """Where a shard's bytes come from; ``load`` returns its validated (images, labels)."""
+
+    def load(self, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class LocalShards:
+    """Shard files in a directory this process can read: memory-mapped, cached per file."""
+
+    data_dir: str
+
+    def load(self, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
+        return _load_shard(Path(self.data_dir).expanduser() / entry.file, entry.num_rows)
+
+
+@dataclass(frozen=True)
+class FileSystemShards:
+    """Shard files under a ``pyarrow.fs`` URI, read whole into memory (no memory map remotely)."""
+
+    uri: str
+
+    def load(self, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
+        with open_uri_file(self.uri, entry.file) as f:
+            return read_ipc(f, entry.file, entry.num_rows)
+
+
+@dataclass(frozen=True)
+class ObjectStoreShards:
+    """Shard files the driver put into Ray's object store: file name -> ref of its bytes.
+
+    The bytes travel as a uint8 array, which Ray hands back as a zero-copy view of the node's
+    object store; the arrays read from it are views of that memory too.
+    """
+
+    refs: dict[str, Any] = field(default_factory=dict)
+
+    def load(self, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
+        import ray  # only here: the rest of this module must import without Ray
+
+        ref = self.refs.get(entry.file)
+        if ref is None:
+            raise ShardError(f"{entry.file}: the driver did not ship this shard to the worker")
+        return read_ipc_bytes(ray.get(ref), entry.file, entry.num_rows)
+
+
+def as_source(location: Path | str | ShardSource) -> ShardSource:
+    """A path is a local directory, a string with ``://`` a URI, anything else a source."""
+    if isinstance(location, Path):
+        return LocalShards(str(location))
+    if isinstance(location, str):
+        return FileSystemShards(location) if is_uri(location) else LocalShards(location)
+    return location
+
+
+def open_uri_file(uri: str, name: str) -> Any:
+    """Open ``name`` under the URI ``uri`` for random access, errors as ``ShardError``."""
+    import pyarrow.fs as pafs
+
+    try:
+        fs, root = pafs.FileSystem.from_uri(uri)
+        return fs.open_input_file(f"{root.rstrip('/')}/{name}")
+    except FileNotFoundError:
+        raise ShardError(f"{name}: not found under {uri}") from None
+    except (OSError, pa.ArrowException, ValueError) as e:
+        raise ShardError(f"{name}: cannot open under {uri} ({one_line(e)})") from None
+
+
+def shards_for_rows(
+    manifest: dict[str, Any], split: str, start: int, stop: int
+) -> list[ShardEntry]:
+    """The shards of ``split`` that hold any of rows [start, stop)."""
+    return [
+        e
+        for e in shard_entries(manifest, split)
+        if e.offset < stop and start < e.offset + e.num_rows
+    ]
+
+
 def read_rows(
-    data_dir: Path, manifest: dict[str, Any], split: str, start: int, stop: int
+    data: Path | str | ShardSource, manifest: dict[str, Any], split: str, start: int, stop: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows [start, stop) of a split, reading across shard boundaries as one sequence.
 
-    Returns (images (n, 784) uint8, labels (n,) uint8). When the rows lie in one shard the arrays
-    are read-only views of its memory map (no copy); across shards they are a fresh concatenation.
+    ``data`` is a local directory, a ``pyarrow.fs`` URI or a ``ShardSource``. Returns (images
+    (n, 784) uint8, labels (n,) uint8). When the rows lie in one shard the arrays are read-only
+    views of it (no copy); across shards they are a fresh concatenation.
     """
+    source = as_source(data)
     entries = shard_entries(manifest, split)
     total = entries[-1].offset + entries[-1].num_rows
     if not (0 <= start <= stop <= total):
@@ -128,7 +219,7 @@ def read_rows(
         hi = min(stop, entry.offset + entry.num_rows) - entry.offset
         if lo >= hi:
             continue
-        shard_images, shard_labels = _load_shard(Path(data_dir) / entry.file, entry.num_rows)
+        shard_images, shard_labels = source.load(entry)
         images.append(shard_images[lo:hi])
         labels.append(shard_labels[lo:hi])
     if not images:
@@ -166,15 +257,32 @@ def _open_shard(
     try:
         # The returned arrays keep the mapping alive after the file object is gone.
         with pa.memory_map(path, "r") as source:
-            reader = pa.ipc.open_file(source)
-            if not reader.schema.equals(SCHEMA):
-                raise ShardError(
-                    f"{name}: schema ({schema_summary(reader.schema)}) is not the expected "
-                    f"({schema_summary(SCHEMA)})"
-                )
-            table = reader.read_all()
-            # Full validation catches buffers that disagree with the footer before NumPy sees them.
-            table.validate(full=True)
+            return read_ipc(source, name, expected_rows)
+    except (OSError, pa.ArrowException) as e:
+        raise ShardError(f"{name}: not a readable Arrow IPC file ({one_line(e)})") from None
+
+
+def read_ipc_bytes(data: Any, name: str, expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``read_ipc`` over a whole file held in memory (bytes, a uint8 array, a ``pa.Buffer``)."""
+    buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
+    return read_ipc(pa.BufferReader(buf), name, expected_rows)
+
+
+def read_ipc(source: Any, name: str, expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read one shard from an open Arrow file and check it against the contract and manifest.
+
+    Every transport ends here, so a shard is held to the same checks wherever it came from.
+    """
+    try:
+        reader = pa.ipc.open_file(source)
+        if not reader.schema.equals(SCHEMA):
+            raise ShardError(
+                f"{name}: schema ({schema_summary(reader.schema)}) is not the expected "
+                f"({schema_summary(SCHEMA)})"
+            )
+        table = reader.read_all()
+        # Full validation catches buffers that disagree with the footer before NumPy sees them.
+        table.validate(full=True)
     except (OSError, pa.ArrowException) as e:
         raise ShardError(f"{name}: not a readable Arrow IPC file ({one_line(e)})") from None
     if table.num_rows == 0:
@@ -212,13 +320,14 @@ def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
     return pa.concat_arrays(column.chunks)
 
 
-def check_split(data_dir: Path, manifest: dict[str, Any], split: str) -> int:
+def check_split(data: Path | str | ShardSource, manifest: dict[str, Any], split: str) -> int:
     """Open and validate every shard of a split (schema, rows, labels) without copying rows.
 
     The driver calls this before it starts any actor, so that a bad shard is one clear error
     rather than a worker that dies in its constructor and is restarted in vain.
     """
+    source = as_source(data)
     entries = shard_entries(manifest, split)
     for entry in entries:
-        _load_shard(Path(data_dir) / entry.file, entry.num_rows)
+        source.load(entry)
     return len(entries)
