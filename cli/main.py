@@ -323,9 +323,15 @@ def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: An
                 f"dtrain: metrics at http://{opts['metrics_host']}:{bound}/metrics", err=True
             )
         observers.append(metrics)
-    summary = Trainer(
-        config, observers, address=opts["address"], resume=resume_dir is not None
-    ).run()
+    try:
+        summary = Trainer(
+            config, observers, address=opts["address"], resume=resume_dir is not None
+        ).run()
+    except KeyboardInterrupt:
+        saved = list((config.run_dir / "checkpoints").glob("step-*.npz"))
+        hint = f"; resume with: dtrain train --resume {config.run_dir}" if saved else ""
+        click.echo(f"dtrain: interrupted{hint}", err=True)
+        sys.exit(130)
     if as_json:
         out = summary.to_dict()
         out.pop("history")

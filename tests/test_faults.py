@@ -253,3 +253,36 @@ def test_killed_server_with_bounded_staleness_replays_the_same_bits(
     resumed = checkpoint.load(tmp_path / "faulty" / "checkpoint.npz")
     assert resumed.meta["progress"]["restarts"] == 1 and resumed.history.shape[0] == 2
     np.testing.assert_array_equal(resumed.params, final_weights(tmp_path / "clean"))
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(prepared_mnist: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    args = [
+        "train",
+        "--data-dir",
+        str(prepared_mnist),
+        "--run-dir",
+        str(run_dir),
+        "--checkpoint-every",
+        "20",
+        "--no-eval-every-epoch",
+    ]
+    log = tmp_path / "driver.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(dtrain(*args), stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((run_dir / CHECKPOINT_DIR).glob("step-*.npz")):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log.read_text()
+    assert f"dtrain: interrupted; resume with: dtrain train --resume {run_dir}" in text
+    assert "Traceback" not in text
+    assert latest_checkpoint(run_dir).meta["step"] >= 20
