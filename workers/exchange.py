@@ -17,6 +17,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,7 +35,32 @@ def exchange_root() -> Path:
 
 
 def new_exchange_dir() -> Path:
+    """A fresh directory name, tagged with the driver's pid so a later run can clean up after a
+    driver that was killed before it could (tmpfs pages are memory)."""
+    sweep_stale()
     return exchange_root() / f"dtrain-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def sweep_stale(root: Path | None = None) -> list[Path]:
+    """Remove exchange directories whose driver process no longer exists; returns them."""
+    removed = []
+    for path in (root or exchange_root()).glob("dtrain-*-*"):
+        pid = path.name.split("-")[1]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def grad_name(rank: int, slot: int = 0) -> str:
