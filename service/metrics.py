@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,32 @@ PHASES = ("compute", "aggregate", "update", "wait")
 DEFAULT_PORT = 9108  # in the range Prometheus's wiki lists for exporters, not claimed there
 
 
+def check_pushgateway_url(url: str) -> str:
+    """Refuse a Pushgateway URL the push would choke on, before the job rather than after it.
+
+    prometheus-client accepts ``host:port`` without a scheme (it adds ``http://``) and raises
+    ``http.client.InvalidURL``, which is no ``OSError``, on spaces or a non-numeric port.
+    """
+    full = url if "://" in url else f"http://{url}"
+    parts = urllib.parse.urlsplit(full)
+    try:
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        port_ok = False
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or " " in url:
+        raise DtrainError(
+            f"bad --pushgateway URL {url!r}: expected http://HOST:PORT, e.g. http://127.0.0.1:9091"
+        )
+    return url
+
+
 class PrometheusMetrics(Observer):
     """Updates the run's metrics from the driver's hooks; ``serve()`` exposes them over HTTP."""
 
     def __init__(self, *, grace_seconds: float = 0.0, pushgateway: str | None = None) -> None:
         self.registry = CollectorRegistry()
         self.grace_seconds = grace_seconds
-        self.pushgateway = pushgateway
+        self.pushgateway = check_pushgateway_url(pushgateway) if pushgateway else None
         self.port: int | None = None
         self.host: str | None = None
         self._server: Any = None
@@ -62,6 +82,11 @@ class PrometheusMetrics(Observer):
         self.success = Gauge("dtrain_job_success", "1 after a successful end, else 0", registry=r)
         self.epoch = Gauge("dtrain_epoch", "the epoch in progress (1-based)", registry=r)
         self.epochs = Gauge("dtrain_epochs", "epochs the job will run", registry=r)
+        # The counter below counts this process's work (replays included, from 0 after a
+        # resume); this gauge is where the weights are, as the run's summary counts steps.
+        self.global_step = Gauge(
+            "dtrain_global_step", "updates in the weights so far, across resumes", registry=r
+        )
         self.steps = Counter("dtrain_steps", "parameter-server updates applied", registry=r)
         self.samples = Counter("dtrain_samples", "training samples processed", registry=r)
         self.steps_per_second = Gauge(
@@ -135,7 +160,7 @@ class PrometheusMetrics(Observer):
         for phase in PHASES:
             self.phase_seconds.labels(phase=phase)
         self._restarts_seen = 0
-        self._epoch_end_step = 0
+        self._steps_per_epoch = 0
 
     # --- serving ----------------------------------------------------------------------------
 
@@ -169,12 +194,14 @@ class PrometheusMetrics(Observer):
             optimizer=info.optimizer,
         ).set(1)
         self.epochs.set(info.epochs)
+        self._steps_per_epoch = info.steps_per_epoch
         self.start_time.set(time.time())
         for rank in range(info.num_workers):
             self.worker_seconds.labels(worker=str(rank))
 
     def on_step(self, s: StepStats) -> None:
         self.epoch.set(s.epoch)
+        self.global_step.set(s.step)
         self.steps.inc()
         self.samples.inc(s.samples)
         self.train_loss.set(s.loss)
@@ -199,9 +226,11 @@ class PrometheusMetrics(Observer):
             self.test_accuracy.set(e.test_accuracy)
             self.test_loss.set(e.test_loss)
         self.samples_per_second.set(e.samples_per_second)
+        # The epoch's own steps over its seconds, as the driver's samples/s: both survive a
+        # resume mid-epoch (the checkpoint keeps the epoch's seconds so far).
+        first = (e.epoch - 1) * self._steps_per_epoch
         if e.seconds > 0:
-            self.steps_per_second.set((e.steps - self._epoch_end_step) / e.seconds)
-        self._epoch_end_step = e.steps
+            self.steps_per_second.set((e.steps - first) / e.seconds)
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         self.checkpoints.inc()
@@ -225,9 +254,13 @@ class PrometheusMetrics(Observer):
         if self.pushgateway:
             try:
                 push_to_gateway(self.pushgateway, job="dtrain", registry=self.registry, timeout=10)
-            except OSError as e:  # the run's outcome stands; say the push failed
+            # Whatever the gateway answers, the run's outcome (and its traceback, if any) stands:
+            # a failed push is one line, never an exception out of the driver's `finally`.
+            except Exception as e:
                 print(f"dtrain: could not push metrics to {self.pushgateway}: {e}", file=sys.stderr)
-        if self._server is not None and self.grace_seconds > 0:
+        # Someone who pressed Ctrl-C wants the prompt back, not 15 more seconds of serving.
+        interrupted = isinstance(error, KeyboardInterrupt)
+        if self._server is not None and self.grace_seconds > 0 and not interrupted:
             print(
                 f"dtrain: serving the final metrics at http://{self.host}:{self.port}/metrics "
                 f"for {self.grace_seconds:g}s",

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import http.server
 import json
 import re
 import socket
 import subprocess
 import threading
+import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from cli.main import cli
 from service.errors import DtrainError
-from service.metrics import PrometheusMetrics
+from service.metrics import PrometheusMetrics, check_pushgateway_url
 from service.stats import EpochStats, JobInfo, RunSummary, StepStats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,28 +45,51 @@ INFO = JobInfo(
 )
 
 
+def step_stats(step: int, epoch: int) -> StepStats:
+    return StepStats(
+        epoch=epoch,
+        step=step,
+        samples=100,
+        loss=1.0 / step,
+        accuracy=0.5,
+        learning_rate=0.1,
+        grad_norm=2.0,
+        update_norm=0.1,
+        step_seconds=0.02,
+        worker_compute_seconds=(0.008, 0.01),
+        aggregate_seconds=0.001,
+        update_seconds=0.002,
+    )
+
+
+def summary(**overrides: object) -> RunSummary:
+    fields: dict = {
+        "test_accuracy": 0.9,
+        "test_loss": 0.3,
+        "train_accuracy": 0.9,
+        "train_loss": 0.3,
+        "epochs": 2,
+        "steps": 6,
+        "num_workers": 2,
+        "batch_size": 128,
+        "learning_rate": 0.1,
+        "optimizer": "nesterov",
+        "wall_seconds": 1,
+        "train_seconds": 1,
+        "samples_per_second": 600,
+        "checkpoint": "c",
+        "run_dir": "r",
+    }
+    return RunSummary(**{**fields, **overrides})
+
+
 def fed_metrics(**kwargs) -> PrometheusMetrics:
     """A PrometheusMetrics that has seen a small run: 6 steps, 2 epochs, one restart."""
     m = PrometheusMetrics(**kwargs)
     m.on_start(INFO)
     m.on_health(2, 0, 0)
     for step in range(1, 7):
-        m.on_step(
-            StepStats(
-                epoch=(step - 1) // 3 + 1,
-                step=step,
-                samples=100,
-                loss=1.0 / step,
-                accuracy=0.5,
-                learning_rate=0.1,
-                grad_norm=2.0,
-                update_norm=0.1,
-                step_seconds=0.02,
-                worker_compute_seconds=(0.008, 0.01),
-                aggregate_seconds=0.001,
-                update_seconds=0.002,
-            )
-        )
+        m.on_step(step_stats(step, (step - 1) // 3 + 1))
         if step % 3 == 0:
             m.on_epoch(
                 EpochStats(
@@ -102,6 +130,7 @@ def value(m: PrometheusMetrics, name: str, **labels: str) -> float:
 def test_the_run_shows_in_the_metrics() -> None:
     m = fed_metrics()
     assert value(m, "dtrain_steps_total") == 6
+    assert value(m, "dtrain_global_step") == 6
     assert value(m, "dtrain_samples_total") == 600
     assert value(m, "dtrain_epoch") == 2
     assert value(m, "dtrain_test_accuracy_ratio") == 0.85
@@ -221,26 +250,7 @@ def test_final_values_are_pushed_to_a_pushgateway() -> None:
     thread.start()
     try:
         m = fed_metrics(pushgateway=f"http://127.0.0.1:{server.server_port}")
-        m.on_end(
-            RunSummary(
-                test_accuracy=0.9,
-                test_loss=0.3,
-                train_accuracy=0.9,
-                train_loss=0.3,
-                epochs=2,
-                steps=6,
-                num_workers=2,
-                batch_size=128,
-                learning_rate=0.1,
-                optimizer="nesterov",
-                wall_seconds=1,
-                train_seconds=1,
-                samples_per_second=600,
-                checkpoint="c",
-                run_dir="r",
-            ),
-            None,
-        )
+        m.on_end(summary(), None)
     finally:
         server.shutdown()
         server.server_close()
@@ -248,3 +258,96 @@ def test_final_values_are_pushed_to_a_pushgateway() -> None:
     method, path, body = received[0]
     assert method == "PUT" and path == "/metrics/job/dtrain"
     assert b"dtrain_steps_total 6.0" in body and b"dtrain_job_success 1.0" in body
+
+
+def test_a_resumed_run_keeps_its_global_step_and_epoch_rate() -> None:
+    """Resumed at step 250 of epoch 3 (100 steps each): the counter restarts, the step does not."""
+    m = PrometheusMetrics()
+    m.on_start(dataclasses.replace(INFO, steps_per_epoch=100, epochs=3))
+    for step in range(251, 301):
+        m.on_step(step_stats(step, 3))
+    # The driver's epoch seconds include the 2.5 s spent before the kill (kept in the checkpoint).
+    m.on_epoch(
+        EpochStats(
+            epoch=3,
+            steps=300,
+            train_loss=0.1,
+            train_accuracy=0.97,
+            test_loss=None,
+            test_accuracy=None,
+            seconds=5.0,
+            samples_per_second=100 * 100 / 5.0,
+        )
+    )
+    assert value(m, "dtrain_steps_total") == 50
+    assert value(m, "dtrain_global_step") == 300
+    assert value(m, "dtrain_steps_per_second") == pytest.approx(100 / 5.0)
+
+
+def test_a_bad_pushgateway_url_is_refused_before_training(tmp_path: Path) -> None:
+    for good in ("http://127.0.0.1:9091", "127.0.0.1:9091", "https://gw.example/prefix"):
+        assert check_pushgateway_url(good) == good
+    for bad in ("http://127.0.0.1:port", "not a url", "ftp://gw:9091", "http://"):
+        with pytest.raises(DtrainError, match="bad --pushgateway URL"):
+            check_pushgateway_url(bad)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--run-dir",
+            str(run_dir),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--pushgateway",
+            "http://127.0.0.1:port",
+        ],
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: bad --pushgateway URL 'http://127.0.0.1:port': expected http://HOST:PORT, e.g. "
+        "http://127.0.0.1:9091"
+    ]
+    assert not run_dir.exists() and not (tmp_path / "data").exists()
+
+
+def test_an_unreachable_pushgateway_is_one_line_not_an_exception(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as closed:  # a port nobody listens on once the socket is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    m = fed_metrics(pushgateway=f"http://127.0.0.1:{port}")
+    m.on_end(summary(), None)
+    err = capsys.readouterr().err
+    assert err.startswith(f"dtrain: could not push metrics to http://127.0.0.1:{port}: ")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_the_endpoint_outlives_the_job_by_the_grace_but_not_after_ctrl_c() -> None:
+    served: list[bytes] = []
+    m = fed_metrics(grace_seconds=1.5)
+    port = m.serve("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def scrape_during_grace() -> None:
+        time.sleep(0.5)
+        served.append(urllib.request.urlopen(url, timeout=5).read())
+
+    scraper = threading.Thread(target=scrape_during_grace)
+    scraper.start()
+    began = time.monotonic()
+    m.on_end(summary(), None)
+    scraper.join()
+    assert time.monotonic() - began >= 1.5
+    assert b"dtrain_job_success 1.0" in served[0]  # the final values, while the job is over
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
+
+    m = fed_metrics(grace_seconds=30)
+    port = m.serve("127.0.0.1", 0)
+    began = time.monotonic()
+    m.on_end(None, KeyboardInterrupt())
+    assert time.monotonic() - began < 5
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
