@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from cli.main import cli
 from service.config import TrainConfig
 from service.driver import Trainer
 from service.metrics import PrometheusMetrics
@@ -23,6 +28,10 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The run: 300 steps of batch 128 (the first epoch has 469), a checkpoint every 100.
+STEPS, BATCH = 300, 128
+# Scraped every second, the endpoint's grace gives Prometheus >= 2 scrapes of the final values.
+GRACE_SECONDS = 4.0
 
 
 def documented_metric_names() -> set[str]:
@@ -51,107 +60,224 @@ def api(base: str, path: str, **params: object) -> dict:
 
 
 @pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A Prometheus server on loopback; the test writes the scrape target into its config."""
+def prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """Starts a Prometheus server on loopback scraping ``target`` every second; returns its URL.
+
+    Stopped in teardown whatever the test did.
+    """
     assert shutil.which("prometheus"), "the Debian package prometheus must be installed"
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    yield f"http://127.0.0.1:{port}", config
-    # (started by start_prometheus, stopped by its own finalizer)
+    procs: list[subprocess.Popen] = []
+    log_path = tmp_path / "prometheus.log"
 
-
-def start_prometheus(base: str, config: Path, target: str, tmp_path: Path) -> subprocess.Popen:
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n"
-        "scrape_configs:\n  - job_name: dtrain\n    static_configs:\n"
-        f"      - targets: ['{target}']\n"
-    )
-    port = base.rsplit(":", 1)[1]
-    with (tmp_path / "prometheus.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    def start(target: str) -> str:
+        config = tmp_path / "prometheus.yml"
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n"
+            "scrape_configs:\n  - job_name: dtrain\n    static_configs:\n"
+            f"      - targets: ['{target}']\n"
         )
-    deadline = time.monotonic() + 60
-    while True:
+        port = free_port()
+        with log_path.open("wb") as log:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "prometheus",
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{port}",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as r:
+                    if r.status == 200:
+                        return base
+            except OSError:
+                pass
+            assert procs[-1].poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "prometheus did not become ready"
+            time.sleep(0.2)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
         try:
-            with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as r:
-                if r.status == 200:
-                    return proc
-        except OSError:
-            pass
-        assert proc.poll() is None, (tmp_path / "prometheus.log").read_text()
-        assert time.monotonic() < deadline, "prometheus did not become ready"
-        time.sleep(0.2)
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class LastExposition(threading.Thread):
+    """Reads the exporter's /metrics until it closes: ``body`` is the last one it served."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.body = b""
+
+    def run(self) -> None:
+        while True:
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as r:
+                    self.body = r.read()
+            except OSError:
+                return
+            time.sleep(0.3)
 
 
 def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(
-    prepared_mnist: Path, tmp_path: Path, prometheus: tuple[str, Path]
+    prepared_mnist: Path, tmp_path: Path, prometheus: Callable[[str], str]
 ) -> None:
-    base, config = prometheus
-    metrics = PrometheusMetrics(grace_seconds=4.0)  # >= 2 scrapes of the final values
+    metrics = PrometheusMetrics(grace_seconds=GRACE_SECONDS)
     port = metrics.serve("127.0.0.1", 0)
-    proc = start_prometheus(base, config, f"127.0.0.1:{port}", tmp_path)
+    base = prometheus(f"127.0.0.1:{port}")
     try:
         # Wait for a first scrape, so the run is watched from its start.
         deadline = time.monotonic() + 30
         while not api(base, "query", query='up{job="dtrain"} == 1')["result"]:
             assert time.monotonic() < deadline, "prometheus never scraped the exporter"
             time.sleep(0.3)
+        reader = LastExposition(f"http://127.0.0.1:{port}/metrics")
+        reader.start()
         start = time.time()
+        run_dir = tmp_path / "run"
         cfg = TrainConfig(
             data_dir=prepared_mnist,
-            run_dir=tmp_path / "run",
+            run_dir=run_dir,
             epochs=2,
-            max_steps=300,
+            max_steps=STEPS,
+            batch_size=BATCH,
             checkpoint_every=100,
         )
-        summary = Trainer(cfg, [metrics]).run()
+        Trainer(cfg, [metrics]).run()
         end = time.time()
-
-        def latest(query: str) -> float:
-            # At a moment of the grace period: once the endpoint closes, Prometheus marks the
-            # series stale and an instant query at "now" finds nothing.
-            result = api(base, "query", query=query, time=end - 1.0)["result"]
-            assert result, f"no series for {query}"
-            return float(result[0]["value"][1])
-
-        assert latest("dtrain_steps_total") == summary.steps == 300
-        assert latest("dtrain_samples_total") == 300 * 128
-        assert latest("dtrain_test_accuracy_ratio") == pytest.approx(summary.test_accuracy)
-        assert latest("dtrain_epoch") == 1  # 300 steps of the first epoch's 469
-        assert latest("dtrain_job_success") == 1
-        assert latest("dtrain_checkpoints_written_total") == 3  # steps 100, 200 and the end
-        assert latest('dtrain_step_phase_duration_seconds_count{phase="compute"}') == 300
-        assert latest("count(dtrain_worker_compute_duration_seconds_count)") == 2
-        assert latest('dtrain_job_info{optimizer="nesterov",batch_size="128"}') == 1
-
-        # Every series the dashboard and the README name is in what Prometheus really scraped.
-        scraped = set(api(base, "label/__name__/values"))
-        assert "dtrain_steps_total" in scraped
-        # A histogram is named by its family (README) and scraped as _bucket/_sum/_count.
-        missing = {n for n in documented_metric_names() if not {n, f"{n}_count"} & scraped}
-        assert not missing, f"named but never scraped: {sorted(missing)}"
-
-        # Counters only grow, and the run was scraped while it ran, not only at the end.
-        series = api(
-            base,
-            "query_range",
-            query="dtrain_steps_total",
-            start=start - 2,
-            end=end + 1,
-            step="0.5",
-        )["result"]
-        values = [float(v) for _, v in series[0]["values"]]
-        assert values == sorted(values), values
-        assert len(set(values)) >= 2, values
+        reader.join(timeout=30)
     finally:
         metrics.close()
-        proc.terminate()
-        proc.wait(timeout=30)
+    summary = json.loads((run_dir / "summary.json").read_text())
+
+    def latest(query: str) -> float:
+        # At a moment of the grace period: once the endpoint closes, Prometheus marks the
+        # series stale and an instant query at "now" finds nothing.
+        result = api(base, "query", query=query, time=end - 1.0)["result"]
+        assert result, f"no series for {query}"
+        return float(result[0]["value"][1])
+
+    # What Prometheus holds agrees with what the run wrote in its own summary.json.
+    assert summary["steps"] == STEPS
+    assert latest("dtrain_steps_total") == latest("dtrain_global_step") == summary["steps"]
+    assert latest("dtrain_samples_total") == summary["steps"] * summary["batch_size"]
+    assert latest("dtrain_test_accuracy_ratio") == pytest.approx(summary["test_accuracy"])
+    assert latest("dtrain_test_loss") == pytest.approx(summary["test_loss"])
+    assert latest("dtrain_epoch_train_loss") == pytest.approx(summary["train_loss"])
+    assert latest("dtrain_epoch_train_accuracy_ratio") == pytest.approx(summary["train_accuracy"])
+    assert latest("dtrain_epoch") == summary["epochs"] == 1  # 300 steps of the first 469
+    assert latest("dtrain_job_success") == 1
+    assert latest("dtrain_worker_restarts_total") == summary["restarts"] == 0
+    assert latest("dtrain_checkpoints_written_total") == 3  # steps 100, 200 and the end
+    assert latest('dtrain_step_phase_duration_seconds_count{phase="compute"}') == STEPS
+    assert latest("count(dtrain_worker_compute_duration_seconds_count)") == 2
+    assert latest('dtrain_job_info{optimizer="nesterov",batch_size="128",num_workers="2"}') == 1
+    samples_per_second = summary["history"][-1]["samples_per_second"]
+    assert latest("dtrain_samples_per_second") == pytest.approx(samples_per_second)
+
+    # Every series the dashboard and the README name is in what Prometheus really scraped.
+    scraped = set(api(base, "label/__name__/values"))
+    assert "dtrain_steps_total" in scraped
+    # A histogram is named by its family (README) and scraped as _bucket/_sum/_count.
+    missing = {n for n in documented_metric_names() if not {n, f"{n}_count"} & scraped}
+    assert not missing, f"named but never scraped: {sorted(missing)}"
+
+    # Counters and histogram counts only grow, and the run was scraped while it ran.
+    series = api(
+        base,
+        "query_range",
+        query='{__name__=~"dtrain_.+_total|dtrain_.+_count|dtrain_global_step"}',
+        start=start - 2,
+        end=end + 1,
+        step="0.5",
+    )["result"]
+    assert len(series) >= 12, [s["metric"] for s in series]
+    for s in series:
+        values = [float(v) for _, v in s["values"]]
+        assert values == sorted(values), (s["metric"], values)
+    steps = next(s for s in series if s["metric"]["__name__"] == "dtrain_steps_total")
+    assert len({float(v) for _, v in steps["values"]}) >= 3, steps["values"]
+
+    # The exposition the exporter served last (during the grace) passes promtool's lint.
+    assert b"dtrain_job_success 1.0" in reader.body
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=reader.body, capture_output=True, timeout=30
+    )
+    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
+    assert (lint.stdout + lint.stderr).strip() == b""
+
+
+@contextmanager
+def recording_gateway() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A stand-in Pushgateway on loopback that records each push's path and body."""
+    received: list[tuple[str, bytes]] = []
+
+    class Gateway(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_serves_on_a_free_port_and_pushes_the_final_values(
+    prepared_mnist: Path, tmp_path: Path
+) -> None:
+    with recording_gateway() as (url, received):
+        result = CliRunner().invoke(
+            cli,
+            [
+                "train",
+                "--data-dir",
+                str(prepared_mnist),
+                "--run-dir",
+                str(tmp_path / "run"),
+                "--max-steps",
+                "5",
+                "--hidden-sizes",
+                "32",
+                "--no-eval-every-epoch",
+                "--metrics-port",
+                "0",
+                "--metrics-grace",
+                "0",
+                "--pushgateway",
+                url,
+                "--json",
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    printed = re.search(r"dtrain: metrics at http://127\.0\.0\.1:(\d+)/metrics", result.stderr)
+    assert printed and int(printed.group(1)) > 0, result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(received) == 1 and received[0][0] == "/metrics/job/dtrain"
+    body = received[0][1]
+    assert f"dtrain_global_step {summary['steps']:.1f}".encode() in body
+    assert b"dtrain_steps_total 5.0" in body and b"dtrain_job_success 1.0" in body
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
+    )
+    assert lint.returncode == 0, lint.stdout.decode() + lint.stderr.decode()
