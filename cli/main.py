@@ -282,7 +282,7 @@ def cli() -> None:
     default=15.0,
     show_default=True,
     help="Seconds the metrics endpoint stays up after the job ends, so the last values are "
-    "scraped.",
+    "scraped (not after Ctrl-C).",
 )
 @click.option(
     "--pushgateway",
