@@ -514,11 +514,15 @@ def main() -> None:
 def _attach_subcommands() -> None:
     from cli.bench_cmd import bench
     from cli.data_cmds import data
+    from cli.jobs_cmds import jobs, make_submit
     from cli.report_cmd import report
 
     cli.add_command(data)
     cli.add_command(bench)
     cli.add_command(report)
+    # Handed over, not imported there: the job's entrypoint runs this module as __main__.
+    cli.add_command(make_submit(train, build_config))
+    cli.add_command(jobs)
 
 
 _attach_subcommands()

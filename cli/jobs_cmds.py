@@ -1,0 +1,322 @@
+"""`dtrain submit` and `dtrain jobs list|status|logs|stop`: training as Ray jobs on a cluster.
+
+``submit`` carries every ``train`` option (copies of the ``train`` command's own parameters, so
+the two cannot drift apart) and forwards the ones the user set, on the command line or in a
+``--config`` job file, into the job's entrypoint: ``python -m cli.main train ...`` in the
+uploaded project. The job's command line therefore holds the whole configuration, visible in
+``jobs status`` and ``ray job list``.
+
+This module does not import ``cli.main``: the job's entrypoint runs that module as
+``__main__``, so importing it from here would load it a second time, half-initialised.
+``cli.main`` hands over what ``submit`` needs (``make_submit``).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from service.errors import DtrainError
+
+ADDRESS_HELP = (
+    "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
+    "HOST:PORT is the cluster's GCS address. [default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
+    "else http://127.0.0.1:8265]"
+)
+ENTRYPOINT = ("python", "-m", "cli.main", "train")
+# The job joins its cluster through the RAY_ADDRESS the Jobs API sets, so train's --address is
+# not forwarded; the job always prints its summary as JSON (the last line of its logs), so
+# submit's own --json is about submit's output.
+NOT_FORWARDED = frozenset({"address", "as_json"})
+FORWARDED_SOURCES = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.DEFAULT_MAP)
+# Without --run-dir a job writes under the head's $DTRAIN_RUNS_DIR (default ~/dtrain-runs), not
+# under its working directory, which Ray deletes when no job uses it any more.
+RUNS_DIR = "${DTRAIN_RUNS_DIR:-$HOME/dtrain-runs}"
+# Exit statuses of `submit --wait` and `jobs logs --follow`; 2 stays click's usage error.
+EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+
+
+def exit_code(status: str) -> int:
+    return EXIT_CODES.get(status, 1)
+
+
+def plain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``DtrainError`` as click's one-line ``Error: ...`` and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DtrainError as e:
+            raise click.ClickException(str(e)) from e
+        except KeyboardInterrupt:
+            click.echo("dtrain: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def option_words(param: click.Option, value: Any) -> list[str]:
+    """The command-line words that give ``param`` the (already converted) ``value``."""
+    if param.is_flag:
+        if value:
+            return [param.opts[0]]
+        return [param.secondary_opts[0]] if param.secondary_opts else []
+    if value is None:
+        return []
+    if isinstance(value, tuple | list):
+        # --hidden-sizes comes back as a tuple of ints; () is spelled "none".
+        return [param.opts[0], ",".join(map(str, value)) if value else "none"]
+    return [param.opts[0], str(value)]
+
+
+def build_entrypoint(
+    ctx: click.Context,
+    forwarded: list[click.Parameter],
+    submission_id: str,
+    extra: tuple[str, ...] = (),
+) -> str:
+    """``python -m cli.main train`` with the options the user set, quoted for the head's shell.
+
+    ``extra`` (the words after ``--``) follow verbatim, unchecked here: the job says what it
+    does not accept.
+    """
+    words: list[str] = []
+    for param in forwarded:
+        if not isinstance(param, click.Option) or not param.expose_value or not param.name:
+            continue
+        if ctx.get_parameter_source(param.name) in FORWARDED_SOURCES:
+            words += option_words(param, ctx.params[param.name])
+    line = " ".join(shlex.quote(w) for w in [*ENTRYPOINT, *words, *extra, "--json"])
+    if ctx.params.get("run_dir") is None:
+        # Left unquoted on purpose: the head's shell expands it (the id is [a-z0-9-] only).
+        line += f' --run-dir "{RUNS_DIR}/{submission_id}"'
+    return line
+
+
+def make_submit(
+    train: click.Command, build_config: Callable[[dict[str, Any]], Any]
+) -> click.Command:
+    """The ``submit`` command: copies of ``train``'s options besides its own.
+
+    ``build_config`` (``cli.main.build_config``) checks the options here, so a bad combination
+    is a usage error before anything is uploaded, not a failed job.
+    """
+    forwarded = [copy.deepcopy(p) for p in train.params if p.name not in NOT_FORWARDED]
+    names = {p.name for p in forwarded if p.name and p.name != "config"}
+    for param in forwarded:
+        if param.name == "config" and param.callback is not None:
+            param.callback = _job_file_callback(param.callback, names)
+
+    @click.command("submit", epilog="Words after -- go to `dtrain train` in the job unchanged.")
+    @click.option("--address", default=None, help=ADDRESS_HELP)
+    @click.option(
+        "--wait",
+        is_flag=True,
+        help="Follow the job's logs until it ends, then exit 0 if it succeeded, 1 if it failed, "
+        "3 if it was stopped.",
+    )
+    @click.option(
+        "--entrypoint-num-cpus",
+        type=click.FloatRange(min=0),
+        default=None,
+        help="CPUs reserved for the job's driver (dtrain train itself) on the cluster. "
+        "[default: none reserved]",
+    )
+    @click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print the job id (and with --wait how it ended) as one JSON object.",
+    )
+    @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+    @click.pass_context
+    @plain_errors
+    def submit(
+        ctx: click.Context,
+        address: str | None,
+        wait: bool,
+        entrypoint_num_cpus: float | None,
+        as_json: bool,
+        train_args: tuple[str, ...],
+        **opts: Any,
+    ) -> None:
+        """Run `dtrain train` as a job on a Ray cluster, with the project as its working dir.
+
+        Takes every `dtrain train` option; the job gets those you set (here or in --config).
+        Prints the job id; --wait follows the logs and exits with the job's outcome.
+        """
+        from service import jobs
+
+        try:
+            build_config(opts)
+        except click.UsageError as e:
+            e.ctx = ctx  # so that click names `dtrain submit`, not `dtrain train`, in the usage
+            raise
+        client = jobs.JobsClient(address)
+        job_id = jobs.new_submission_id()
+        entrypoint = build_entrypoint(ctx, forwarded, job_id, train_args)
+        with tempfile.TemporaryDirectory(prefix="dtrain-job-") as tmp:
+            client.submit(
+                entrypoint=entrypoint,
+                working_dir=jobs.stage_working_dir(Path(tmp)),
+                submission_id=job_id,
+                entrypoint_num_cpus=entrypoint_num_cpus,
+            )
+        where = {"job_id": job_id, "address": client.url, "entrypoint": entrypoint}
+        if as_json and not wait:
+            click.echo(json.dumps(where))
+        elif not as_json:
+            click.echo(job_id)
+            click.echo(f"dtrain: submitted to {client.url}: {entrypoint}", err=True)
+        if not wait:
+            if not as_json:
+                click.echo(f"dtrain: follow it with `dtrain jobs logs {job_id} --follow`", err=True)
+            return
+        record = _follow(client, job_id, quiet=as_json)
+        if as_json:
+            click.echo(json.dumps({**where, **record.to_dict()}))
+        sys.exit(exit_code(record.status))
+
+    submit.params.extend(forwarded)
+    return submit
+
+
+def _job_file_callback(
+    load: Callable[[click.Context, click.Parameter, Any], Any], names: set[str]
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """``train``'s job-file loader, held to ``train``'s options (not submit's own)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        result = load(ctx, param, value)
+        extra = sorted(set(ctx.default_map or {}) - names)
+        if extra:
+            raise click.BadParameter(f"{value}: unknown option {extra[0]!r}", ctx, param)
+        return result
+
+    return callback
+
+
+def _follow(client: Any, job_id: str, quiet: bool = False) -> Any:
+    """Print the job's logs as they come (to stderr when ``quiet``); its final record.
+
+    A job that did not succeed ends with one line saying so, with the last error line of its
+    logs, so the cause is on screen even when the logs were long.
+    """
+    tail: list[str] = []
+
+    def write(text: str) -> None:
+        tail[:] = (tail + text.splitlines())[-200:]
+        click.echo(text, nl=False, err=quiet)
+
+    try:
+        record = client.follow(job_id, write)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ndtrain: stopped following {job_id}; it keeps running "
+            f"(`dtrain jobs stop {job_id}` ends it)",
+            err=True,
+        )
+        sys.exit(130)
+    if record.status == "SUCCEEDED":
+        click.echo(f"dtrain: job {job_id} succeeded", err=True)
+    else:
+        cause = next((line for line in reversed(tail) if line.startswith("Error: ")), "")
+        reason = cause.removeprefix("Error: ") or _one_line(record.message) or record.status
+        click.echo(f"dtrain: error: job {job_id} {record.status}: {reason}", err=True)
+    return record
+
+
+def _one_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text and text.strip() else ""
+
+
+# --- dtrain jobs ------------------------------------------------------------------------------
+
+
+@click.group("jobs")
+def jobs() -> None:
+    """List, inspect, follow and stop jobs on a Ray cluster (e.g. those `dtrain submit` ran)."""
+
+
+def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+    return click.option("--address", default=None, help=ADDRESS_HELP)(fn)
+
+
+@jobs.command("list")
+@_common
+@plain_errors
+def list_cmd(address: str | None, as_json: bool) -> None:
+    """Jobs submitted to the cluster, oldest first."""
+    from service import jobs as svc
+
+    records = svc.JobsClient(address).list()
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in records]))
+    else:
+        click.echo(svc.format_table(records))
+
+
+@jobs.command("status")
+@click.argument("job_id")
+@_common
+@plain_errors
+def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
+    """One job's status, times, entrypoint and message (exit 0 whatever the status)."""
+    from service import jobs as svc
+
+    record = svc.JobsClient(address).get(job_id)
+    click.echo(json.dumps(record.to_dict()) if as_json else svc.format_record(record))
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@click.option("--address", default=None, help=ADDRESS_HELP)
+@click.option(
+    "--follow",
+    "-f",
+    is_flag=True,
+    help="Keep printing until the job ends, then exit with its outcome (0, 1 failed, 3 stopped).",
+)
+@plain_errors
+def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
+    """A job's output (its driver's stdout and stderr)."""
+    from service import jobs as svc
+
+    client = svc.JobsClient(address)
+    if not follow:
+        click.echo(client.logs(job_id), nl=False)
+        return
+    sys.exit(exit_code(_follow(client, job_id).status))
+
+
+@jobs.command("stop")
+@click.argument("job_id")
+@_common
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the job to end before giving up with an error.",
+)
+@plain_errors
+def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) -> None:
+    """Stop a running or pending job and wait until it has ended."""
+    from service import jobs as svc
+
+    record, what = svc.JobsClient(address).stop(job_id, timeout=timeout)
+    if as_json:
+        click.echo(json.dumps({**record.to_dict(), "outcome": what}))
+    else:
+        click.echo(f"{job_id}: {what}")

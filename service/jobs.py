@@ -1,0 +1,443 @@
+"""Training jobs on a Ray cluster through the Ray Jobs API (the dashboard's HTTP port, 8265).
+
+``JobsClient`` wraps ``ray.job_submission.JobSubmissionClient`` so that every failure a user can
+cause (a wrong or unreachable address, a missing or wrong token, an unknown job id) is one
+``DtrainError`` line, and so that the token and the address are found the same way every time:
+
+- address: ``--address``, else ``$RAY_API_SERVER_ADDRESS``, else ``$RAY_ADDRESS``, else
+  ``http://127.0.0.1:8265``. An ``http(s)://`` address is the Jobs API itself; a bare
+  ``HOST:PORT`` (or ``auto``) is a cluster (GCS) address whose dashboard Ray looks up, as
+  ``ray job`` does.
+- token: ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``
+  (Ray's own order), sent as ``Authorization: Bearer`` unless ``RAY_AUTH_MODE=disabled``. It is
+  never put into the job's runtime environment, which the dashboard shows to anyone who can list
+  jobs; the job's own driver gets it from the node it runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import secrets
+import shutil
+import socket
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service import __version__
+from service.errors import DtrainError
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+# A plain TCP connect answers in seconds where requests would wait for the OS's connect timeout.
+PROBE_TIMEOUT_SECONDS = 5.0
+# How long a stop may take to show: Ray signals the driver, waits 3 s, then kills it.
+STOP_TIMEOUT_SECONDS = 30.0
+# A job still PENDING this long after its stop request is one Ray will not stop by itself.
+PENDING_STOP_GRACE_SECONDS = 3.0
+# What a submitted job needs: the three packages and the embedded MNIST. Nothing else of the
+# checkout (.venv, .git, runs/, tests/, docs/, caches) is uploaded.
+PACKAGES = ("service", "workers", "cli")
+METADATA_KEY = "dtrain_version"
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What ``jobs list`` and ``jobs status`` show of one submitted job."""
+
+    submission_id: str
+    status: str
+    entrypoint: str
+    message: str = ""
+    start_time: float | None = None  # seconds since the epoch (Ray reports milliseconds)
+    end_time: float | None = None
+    driver_exit_code: int | None = None
+    error_type: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.start_time is None:
+            return None
+        return (self.end_time or time.time()) - self.start_time
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["duration_seconds"] = self.duration_seconds
+        return d
+
+    @classmethod
+    def from_details(cls, job: Any) -> JobRecord:
+        def seconds(ms: int | None) -> float | None:
+            return None if not ms else ms / 1000.0
+
+        return cls(
+            submission_id=str(job.submission_id),
+            status=str(job.status),
+            entrypoint=job.entrypoint,
+            message=job.message or "",
+            start_time=seconds(job.start_time),
+            end_time=seconds(job.end_time),
+            driver_exit_code=getattr(job, "driver_exit_code", None),
+            error_type=str(job.error_type) if job.error_type else None,
+            metadata=dict(job.metadata or {}),
+        )
+
+
+def resolve_address(address: str | None) -> tuple[str, str]:
+    """The Jobs API address and where it came from (for messages)."""
+    if address:
+        return address.rstrip("/"), "--address"
+    for var in ADDRESS_VARIABLES:
+        value = os.environ.get(var, "").strip()
+        if value:
+            return value.rstrip("/"), f"${var}"
+    return DEFAULT_ADDRESS, "the default"
+
+
+def find_token() -> tuple[str | None, str]:
+    """Ray's token and where it came from, in Ray's own order of precedence."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
+        return None, "RAY_AUTH_MODE=disabled"
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if token:
+        return token, "$RAY_AUTH_TOKEN"
+    path_text = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
+    if path_text:
+        # Ray treats an unreadable token path as fatal rather than falling back; so do we.
+        path = Path(path_text).expanduser()
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise DtrainError(
+                f"cannot read the token file $RAY_AUTH_TOKEN_PATH ({path}): {e.strerror or e}"
+            ) from e
+        if not token:
+            raise DtrainError(f"the token file $RAY_AUTH_TOKEN_PATH ({path}) is empty")
+        return token, f"$RAY_AUTH_TOKEN_PATH ({path})"
+    default = Path.home() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        token = default.read_text(encoding="utf-8").strip()
+        if token:
+            return token, str(default)
+    return None, "no token"
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
+
+
+def probe(host: str, port: int, what: str) -> None:
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS).close()
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise DtrainError(f"cannot reach {what}: {reason}") from e
+
+
+@contextlib.contextmanager
+def _without_address_variables() -> Iterator[None]:
+    """Hide $RAY_ADDRESS and friends: JobSubmissionClient lets them override its argument."""
+    saved = {var: os.environ.pop(var) for var in ADDRESS_VARIABLES if var in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _quiet_ray_loggers() -> None:
+    # The SDK logs every websocket close and address default at INFO; a CLI shows only errors.
+    for name in (
+        "ray.dashboard.modules.job.sdk",
+        "ray.dashboard.modules.dashboard_sdk",
+        "ray.dashboard.utils",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class JobsClient:
+    """A connection to one cluster's Jobs API; every method raises only ``DtrainError``."""
+
+    def __init__(self, address: str | None = None) -> None:
+        raw, origin = resolve_address(address)
+        self.token, self.token_source = find_token()
+        self.url = self._api_url(raw, origin)
+        _quiet_ray_loggers()
+        from ray.job_submission import JobSubmissionClient
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        with self._errors("connecting"), _without_address_variables():
+            self._client = JobSubmissionClient(self.url, headers=headers)
+
+    def _api_url(self, raw: str, origin: str) -> str:
+        scheme = urllib.parse.urlsplit(raw).scheme if "://" in raw else ""
+        if scheme in ("http", "https"):
+            parts = urllib.parse.urlsplit(raw)
+            if not parts.hostname:
+                raise DtrainError(f"bad Jobs API address {raw!r} (from {origin})")
+            try:
+                port = parts.port or (443 if scheme == "https" else 80)
+            except ValueError as e:
+                raise DtrainError(f"bad Jobs API address {raw!r} (from {origin}): {e}") from e
+            probe(parts.hostname, port, f"the Ray Jobs API at {raw} (address from {origin})")
+            return raw
+        if scheme not in ("", "ray"):
+            raise DtrainError(
+                f"bad Jobs API address {raw!r} (from {origin}): expected http://HEAD:8265, "
+                "or a cluster address HOST:PORT"
+            )
+        if raw != "auto":
+            host, sep, port_text = raw.removeprefix("ray://").rpartition(":")
+            if not sep or not port_text.isdigit():
+                raise DtrainError(
+                    f"bad Ray address {raw!r} (from {origin}): expected http://HEAD:8265 or "
+                    "HOST:PORT"
+                )
+            probe(host, int(port_text), f"the Ray cluster at {raw} (address from {origin})")
+        # A cluster address: ask its GCS where the dashboard listens, as `ray job` does.
+        from ray.dashboard.utils import get_address_for_submission_client
+
+        finding = f"finding the Jobs API of the Ray cluster at {raw}"
+        with self._errors(finding), _without_address_variables():
+            return str(get_address_for_submission_client(raw)).rstrip("/")
+
+    @contextlib.contextmanager
+    def _errors(self, what: str, job_id: str | None = None) -> Iterator[None]:
+        """Ray's exceptions, often several lines long, as one line that says what to do."""
+        import requests
+        from ray.exceptions import AuthenticationError
+
+        where = getattr(self, "url", "the cluster")
+        try:
+            yield
+        except DtrainError:
+            raise
+        except AuthenticationError as e:
+            if str(e).startswith("Authentication failed"):
+                raise DtrainError(
+                    f"the Ray cluster at {where} rejected the token from {self.token_source}: "
+                    "it is not this cluster's token"
+                ) from e
+            raise DtrainError(
+                f"the Ray cluster at {where} requires a token and {self.token_source} was found: "
+                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+            ) from e
+        except (ConnectionError, requests.exceptions.RequestException) as e:
+            raise DtrainError(f"{what}: cannot reach the Ray Jobs API at {where}") from e
+        except (RuntimeError, ValueError) as e:
+            text = first_line(e)
+            if job_id is not None and "status code 404" in text:
+                raise DtrainError(f"no job {job_id!r} on the Ray cluster at {where}") from e
+            if "Version check returned 404" in text:
+                raise DtrainError(
+                    f"{where} does not serve the Ray Jobs API (the dashboard's port, 8265 "
+                    "by default)"
+                ) from e
+            raise DtrainError(f"{what} failed: {text}") from e
+
+    # --- queries -------------------------------------------------------------------------
+
+    def list(self) -> list[JobRecord]:
+        """Jobs submitted through the Jobs API, oldest first (plain drivers are left out)."""
+        with self._errors("listing jobs"):
+            jobs = self._client.list_jobs()
+        records = [JobRecord.from_details(j) for j in jobs if j.submission_id]
+        return sorted(records, key=lambda r: (r.start_time or 0.0, r.submission_id))
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._errors(f"reading job {job_id}", job_id):
+            return JobRecord.from_details(self._client.get_job_info(job_id))
+
+    def logs(self, job_id: str) -> str:
+        with self._errors(f"reading the logs of job {job_id}", job_id):
+            return str(self._client.get_job_logs(job_id))
+
+    def follow(self, job_id: str, write: Callable[[str], None]) -> JobRecord:
+        """Pass the job's log text to ``write`` as it comes, until the job ends; its record."""
+        self.get(job_id)  # an unknown id is an error, not an empty stream
+
+        async def tail() -> None:
+            async for chunk in self._client.tail_job_logs(job_id):
+                write(chunk)
+
+        with self._errors(f"following the logs of job {job_id}", job_id):
+            asyncio.run(tail())
+        # The log stream closes as the driver exits; the status can trail it by a moment.
+        return self.wait(job_id, timeout=STOP_TIMEOUT_SECONDS)
+
+    def wait(self, job_id: str, timeout: float, poll: float = 0.5) -> JobRecord:
+        """The job's record once it ends, or as it is after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get(job_id)
+            if record.status in TERMINAL or time.monotonic() >= deadline:
+                return record
+            time.sleep(poll)
+
+    # --- actions ------------------------------------------------------------------------
+
+    def submit(
+        self,
+        *,
+        entrypoint: str,
+        working_dir: Path,
+        submission_id: str,
+        metadata: dict[str, str] | None = None,
+        entrypoint_num_cpus: float | None = None,
+        entrypoint_num_gpus: float | None = None,
+    ) -> str:
+        meta = {METADATA_KEY: __version__, **(metadata or {})}
+        with self._errors("submitting the job"):
+            return str(
+                self._client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    runtime_env={"working_dir": str(working_dir)},
+                    metadata=meta,
+                    entrypoint_num_cpus=entrypoint_num_cpus,
+                    entrypoint_num_gpus=entrypoint_num_gpus,
+                )
+            )
+
+    def stop(self, job_id: str, timeout: float = STOP_TIMEOUT_SECONDS) -> tuple[JobRecord, str]:
+        """Stop a job and wait until it has ended: (its record, what was done).
+
+        Ray's stop request reaches a job through its supervisor actor; while the job is PENDING
+        that actor is not running, so the request waits with it, possibly forever (ray #58353).
+        Such a job's supervisor is removed by a short helper job instead, which ends it.
+        """
+        record = self.get(job_id)
+        if record.status in TERMINAL:
+            return record, f"had already ended ({record.status})"
+        with self._errors(f"stopping job {job_id}", job_id):
+            self._client.stop_job(job_id)
+        record = self.wait(job_id, timeout=min(timeout, PENDING_STOP_GRACE_SECONDS))
+        if record.status == "PENDING":
+            self._remove_supervisor(job_id, timeout)
+            record = self.wait(job_id, timeout=timeout)
+            if record.status in TERMINAL:
+                return record, (f"was stopped before it started; Ray records it as {record.status}")
+        elif record.status not in TERMINAL:
+            record = self.wait(job_id, timeout=timeout)
+        if record.status not in TERMINAL:
+            raise DtrainError(
+                f"job {job_id} is still {record.status} {timeout:g}s after the stop request"
+            )
+        return record, "stopped"
+
+    def _remove_supervisor(self, job_id: str, timeout: float) -> None:
+        from ray.dashboard.modules.job.common import (
+            JOB_ACTOR_NAME_TEMPLATE,
+            SUPERVISOR_ACTOR_RAY_NAMESPACE,
+        )
+
+        # Runs inside the cluster, so it needs only the Jobs API from here, and no CPU there.
+        name = JOB_ACTOR_NAME_TEMPLATE.format(job_id=job_id)
+        code = (
+            "import ray; ray.init(); "
+            f"ray.kill(ray.get_actor({name!r}, namespace={SUPERVISOR_ACTOR_RAY_NAMESPACE!r}), "
+            "no_restart=True)"
+        )
+        helper = f"{job_id}-stop-{secrets.token_hex(2)}"
+        with self._errors(f"stopping the pending job {job_id}", job_id):
+            self._client.submit_job(
+                entrypoint=f"python -c {_shell_quote(code)}",
+                submission_id=helper,
+                metadata={METADATA_KEY: __version__, "stops": job_id},
+            )
+        done = self.wait(helper, timeout=timeout)
+        # The helper is bookkeeping, not a job the user ran: keep it out of `jobs list`.
+        if done.status in TERMINAL:
+            with contextlib.suppress(DtrainError), self._errors("cleaning up"):
+                self._client.delete_job(helper)
+
+
+def _shell_quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def new_submission_id() -> str:
+    """Readable and sortable: ``dtrain-20261123-084500-1a2b``."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return f"dtrain-{stamp}-{secrets.token_hex(2)}"
+
+
+def stage_working_dir(dest: Path) -> Path:
+    """Copy what a job needs into ``dest``: the packages and the embedded MNIST.
+
+    Copied from wherever they are imported from, so a pip-installed dtrain submits the same
+    way as a checkout, and nothing else of the checkout travels (Ray caps uploads at 500 MiB).
+    """
+    import importlib
+
+    from service.dataset import EMBEDDED_DIR
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in PACKAGES:
+        src = Path(importlib.import_module(name).__file__ or "").parent
+        shutil.copytree(src, dest / name, ignore=ignore)
+    if EMBEDDED_DIR.is_dir():
+        shutil.copytree(EMBEDDED_DIR, dest / "data" / "mnist", ignore=ignore)
+    return dest
+
+
+# --- formatting ---------------------------------------------------------------------------
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def format_table(records: list[JobRecord], width: int = 60) -> str:
+    """``jobs list`` for people: one line per job, the entrypoint cut to ``width``."""
+    if not records:
+        return "no jobs"
+    rows = [("JOB ID", "STATUS", "SUBMITTED (UTC)", "TIME", "ENTRYPOINT")]
+    for r in records:
+        entry = r.entrypoint if len(r.entrypoint) <= width else r.entrypoint[: width - 3] + "..."
+        rows.append(
+            (r.submission_id, r.status, _when(r.start_time), _duration(r.duration_seconds), entry)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        for row in rows
+    )
+
+
+def format_record(r: JobRecord) -> str:
+    """``jobs status`` for people."""
+    lines = [
+        f"{r.submission_id}: {r.status}",
+        f"  submitted   {_when(r.start_time)} UTC",
+        f"  ended       {_when(r.end_time)}" + (" UTC" if r.end_time else ""),
+        f"  time        {_duration(r.duration_seconds)}",
+        f"  entrypoint  {r.entrypoint}",
+    ]
+    if r.message:
+        lines.append(f"  message     {first_line(Exception(r.message))}")
+    if r.driver_exit_code is not None:
+        lines.append(f"  exit code   {r.driver_exit_code}")
+    for key, value in sorted(r.metadata.items()):
+        lines.append(f"  {key:<11} {value}")
+    return "\n".join(lines)
