@@ -80,19 +80,16 @@ def option_words(param: click.Option, value: Any) -> list[str]:
 
 
 def build_entrypoint(
-    ctx: click.Context,
-    forwarded: list[click.Parameter],
-    submission_id: str,
-    extra: tuple[str, ...] = (),
+    ctx: click.Context, forwarded: set[str], submission_id: str, extra: tuple[str, ...] = ()
 ) -> str:
     """``python -m cli.main train`` with the options the user set, quoted for the head's shell.
 
-    ``extra`` (the words after ``--``) follow verbatim, unchecked here: the job says what it
-    does not accept.
+    ``forwarded`` names the ``train`` options among ``ctx``'s; ``extra`` (the words after
+    ``--``) follow verbatim, unchecked here: the job says what it does not accept.
     """
     words: list[str] = []
-    for param in forwarded:
-        if not isinstance(param, click.Option) or not param.expose_value or not param.name:
+    for param in ctx.command.params:
+        if not isinstance(param, click.Option) or param.name not in forwarded:
             continue
         if ctx.get_parameter_source(param.name) in FORWARDED_SOURCES:
             words += option_words(param, ctx.params[param.name])
@@ -112,6 +109,7 @@ def make_submit(
     is a usage error before anything is uploaded, not a failed job.
     """
     forwarded = [copy.deepcopy(p) for p in train.params if p.name not in NOT_FORWARDED]
+    # --config is eager and not exposed: its values arrive as the other options' defaults.
     names = {p.name for p in forwarded if p.name and p.name != "config"}
     for param in forwarded:
         if param.name == "config" and param.callback is not None:
@@ -164,7 +162,7 @@ def make_submit(
             raise
         client = jobs.JobsClient(address)
         job_id = jobs.new_submission_id()
-        entrypoint = build_entrypoint(ctx, forwarded, job_id, train_args)
+        entrypoint = build_entrypoint(ctx, names, job_id, train_args)
         with tempfile.TemporaryDirectory(prefix="dtrain-job-") as tmp:
             client.submit(
                 entrypoint=entrypoint,
@@ -188,6 +186,7 @@ def make_submit(
         sys.exit(exit_code(record.status))
 
     submit.params.extend(forwarded)
+    submit.forwarded = names  # type: ignore[attr-defined]  # for build_entrypoint's callers
     return submit
 
 

@@ -160,6 +160,7 @@ def _quiet_ray_loggers() -> None:
         "ray.dashboard.modules.job.sdk",
         "ray.dashboard.modules.dashboard_sdk",
         "ray.dashboard.utils",
+        "ray._private.runtime_env.packaging",
     ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -171,8 +172,9 @@ class JobsClient:
         raw, origin = resolve_address(address)
         self.token, self.token_source = find_token()
         self.url = self._api_url(raw, origin)
-        _quiet_ray_loggers()
         from ray.job_submission import JobSubmissionClient
+
+        _quiet_ray_loggers()  # after the import, which sets the SDK's logger to INFO
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
         with self._errors("connecting"), _without_address_variables():
@@ -232,7 +234,11 @@ class JobsClient:
                 "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
             ) from e
         except (ConnectionError, requests.exceptions.RequestException) as e:
-            raise DtrainError(f"{what}: cannot reach the Ray Jobs API at {where}") from e
+            # The port answers but does not speak HTTP: some other Ray port, say the GCS.
+            raise DtrainError(
+                f"{what}: no Ray Jobs API answers at {where} (the head's dashboard port, "
+                "8265 by default)"
+            ) from e
         except (RuntimeError, ValueError) as e:
             text = first_line(e)
             if job_id is not None and "status code 404" in text:
@@ -250,7 +256,15 @@ class JobsClient:
         """Jobs submitted through the Jobs API, oldest first (plain drivers are left out)."""
         with self._errors("listing jobs"):
             jobs = self._client.list_jobs()
-        records = [JobRecord.from_details(j) for j in jobs if j.submission_id]
+        records = [
+            JobRecord.from_details(j)
+            for j in jobs
+            # Drivers that merely called ray.init are not jobs one can stop or follow, and the
+            # helpers that stop pending jobs are bookkeeping.
+            if getattr(j.type, "value", j.type) == "SUBMISSION"
+            and j.submission_id
+            and "stops" not in (j.metadata or {})
+        ]
         return sorted(records, key=lambda r: (r.start_time or 0.0, r.submission_id))
 
     def get(self, job_id: str) -> JobRecord:
@@ -354,11 +368,9 @@ class JobsClient:
                 submission_id=helper,
                 metadata={METADATA_KEY: __version__, "stops": job_id},
             )
-        done = self.wait(helper, timeout=timeout)
-        # The helper is bookkeeping, not a job the user ran: keep it out of `jobs list`.
-        if done.status in TERMINAL:
-            with contextlib.suppress(DtrainError), self._errors("cleaning up"):
-                self._client.delete_job(helper)
+        # Kept, not deleted: deleting a finished job whose driver called ray.init leaves a
+        # nameless entry behind in Ray's list. `jobs list` leaves helpers out by their metadata.
+        self.wait(helper, timeout=timeout)
 
 
 def _shell_quote(text: str) -> str:
