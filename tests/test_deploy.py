@@ -164,11 +164,15 @@ def test_dockerfile_matches_the_project() -> None:
     assert match["py"] == "311"
     assert Requirement(installed_ray_constraint()).specifier.contains(match["ray"])
     assert steps[1] == ("FROM", "${RAY_IMAGE}")
-    # The GPU variant's extra exists in pyproject.
+    # The GPU variant the header documents: Ray's GPU image at the same version, and an extra
+    # that pyproject has.
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"
     ]
-    assert "gpu" in extras
+    header = (DEPLOY / "docker" / "Dockerfile").read_text()
+    gpu = re.search(r"RAY_IMAGE=rayproject/ray:([\d.]+)-py311-gpu --build-arg EXTRAS=(\w+)", header)
+    assert gpu, "the GPU build command is gone from the Dockerfile's header"
+    assert gpu[1] == ray.__version__ and gpu[2] == "gpu" and "gpu" in extras
     # Everything it copies exists, and is what the job needs (packages, data, build metadata).
     copied = []
     for op, a in steps:
