@@ -191,10 +191,9 @@ def shards_for_rows(
     manifest: dict[str, Any], split: str, start: int, stop: int
 ) -> list[ShardEntry]:
     """The shards of ``split`` that hold any of rows [start, stop)."""
+    entries = shard_entries(manifest, split)
     return [
-        e
-        for e in shard_entries(manifest, split)
-        if e.offset < stop and start < e.offset + e.num_rows
+        e for e in entries if start < stop and e.offset < stop and start < e.offset + e.num_rows
     ]
 
 
