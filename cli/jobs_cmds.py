@@ -199,7 +199,12 @@ def _job_file_callback(
         result = load(ctx, param, value)
         extra = sorted(set(ctx.default_map or {}) - names)
         if extra:
-            raise click.BadParameter(f"{value}: unknown option {extra[0]!r}", ctx, param)
+            name = extra[0].replace("_", "-")
+            raise click.BadParameter(
+                f"{value}: unknown option {name!r} (a job file holds `dtrain train` options)",
+                ctx,
+                param,
+            )
         return result
 
     return callback

@@ -5,10 +5,13 @@ cluster runs are in tests/test_cluster.py.
 
 from __future__ import annotations
 
+import re
+import shlex
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -99,3 +102,202 @@ def test_job_file_with_an_unknown_key_is_refused(tmp_path: Path, closed_port: in
     )
     assert code == 2
     assert "no_such_option" in output
+
+
+# --- where the address and the token come from ---------------------------------------------
+
+
+def test_address_precedence_is_flag_then_api_server_then_ray_address() -> None:
+    api, plain, flag = (_free_port() for _ in range(3))
+    env = {
+        "RAY_ADDRESS": f"http://127.0.0.1:{plain}",
+        "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{api}",
+    }
+    code, output, _ = run(["jobs", "list"], env=env)
+    assert code == 1
+    assert_one_line_error(output, f":{api} (address from $RAY_API_SERVER_ADDRESS)")
+    # --address wins over both, although Ray's own client would let the variables win.
+    code, output, _ = run(["jobs", "list", "--address", f"http://127.0.0.1:{flag}"], env=env)
+    assert code == 1
+    assert_one_line_error(output, f":{flag} (address from --address)")
+
+
+def test_unreachable_cluster_address_fails_fast(closed_port: int) -> None:
+    """A bare HOST:PORT is a GCS address; a dead one must not wait out Ray's retries."""
+    code, output, seconds = run(["jobs", "list", "--address", f"127.0.0.1:{closed_port}"])
+    assert code == 1
+    assert_one_line_error(output, f"cannot reach the Ray cluster at 127.0.0.1:{closed_port}")
+    assert seconds < 10
+
+
+def test_token_precedence_follows_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service import jobs
+
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert jobs.find_token() == (None, "no token")
+    default = tmp_path / ".ray" / "auth_token"
+    default.parent.mkdir()
+    default.write_text("from-home\n")
+    assert jobs.find_token() == ("from-home", str(default))
+    path = tmp_path / "token"
+    path.write_text("  from-path \n")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    assert jobs.find_token() == ("from-path", f"$RAY_AUTH_TOKEN_PATH ({path})")
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert jobs.find_token() == ("from-env", "$RAY_AUTH_TOKEN")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert jobs.find_token() == (None, "RAY_AUTH_MODE=disabled")
+
+
+@pytest.mark.parametrize("content", [None, ""])
+def test_bad_token_file_is_one_line(tmp_path: Path, closed_port: int, content: str | None) -> None:
+    path = tmp_path / "token"
+    if content is not None:
+        path.write_text(content)
+    code, output, _ = run(
+        ["jobs", "list", "--address", f"http://127.0.0.1:{closed_port}"],
+        env={"RAY_AUTH_TOKEN": "", "RAY_AUTH_TOKEN_PATH": str(path), "RAY_AUTH_MODE": "token"},
+    )
+    assert code == 1
+    assert_one_line_error(
+        output, "$RAY_AUTH_TOKEN_PATH", "is empty" if content == "" else "No such file"
+    )
+
+
+# --- what the job's entrypoint holds ------------------------------------------------------
+
+
+def _forwarded_to_train(args: list[str], job_id: str = "dtrain-test-0001") -> dict[str, Any]:
+    """Build the job's entrypoint from submit's options, parse it back with the real train."""
+    from cli.jobs_cmds import ENTRYPOINT, build_entrypoint
+    from cli.main import train
+
+    submit = cli.commands["submit"]
+    ctx = submit.make_context("submit", args)
+    line = build_entrypoint(ctx, submit.forwarded, job_id, tuple(ctx.params["train_args"]))
+    words = shlex.split(line)
+    assert words[: len(ENTRYPOINT)] == list(ENTRYPOINT)
+    params = train.make_context("train", words[len(ENTRYPOINT) :]).params
+    return {**params, "_line": line}
+
+
+def test_submit_has_every_train_option_but_the_cluster_address() -> None:
+    from cli.main import train
+
+    submit = cli.commands["submit"]
+    train_names = {p.name for p in train.params} - {"address", "as_json"}
+    assert train_names <= {p.name for p in submit.params}
+    # submit's own --address is the Jobs API's, not train's Ray address; its help says so.
+    (address,) = [p for p in submit.params if p.name == "address"]
+    assert "Jobs API" in (address.help or "")
+
+
+def test_options_set_reach_the_job_and_defaults_stay_out() -> None:
+    params = _forwarded_to_train(
+        [
+            *("--epochs", "3", "--hidden-sizes", "64,32", "--no-eval-every-epoch"),
+            *("--optimizer", "momentum", "--data-dir", "s3://bucket/mnist"),
+            *("--data-transport", "object-store", "--lr", "0.05"),
+        ]
+    )
+    assert params["epochs"] == 3
+    assert params["hidden_sizes"] == (64, 32)
+    assert params["eval_every_epoch"] is False
+    assert params["optimizer"] == "momentum"
+    assert params["data_dir"] == "s3://bucket/mnist"
+    assert params["data_transport"] == "object-store"
+    assert params["learning_rate"] == 0.05
+    assert params["as_json"] is True  # the job's last log line is its summary
+    line = params["_line"]
+    # Untouched options are left to the job's defaults, so the line says what was chosen.
+    assert "--batch-size" not in line and "--seed" not in line and "--address" not in line
+    # Without --run-dir the run goes where the head's shell puts $DTRAIN_RUNS_DIR.
+    assert params["run_dir"] == Path("${DTRAIN_RUNS_DIR:-$HOME/dtrain-runs}/dtrain-test-0001")
+
+
+def test_job_file_options_reach_the_job_and_the_command_line_wins(tmp_path: Path) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[train]\nepochs = 2\nbatch-size = 256\nhidden-sizes = [128]\nrun-dir = "/data/r1"\n'
+    )
+    params = _forwarded_to_train(["--config", str(job), "--epochs", "4", "--", "--seed", "7"])
+    assert params["epochs"] == 4
+    assert params["batch_size"] == 256
+    assert params["hidden_sizes"] == (128,)
+    assert params["run_dir"] == Path("/data/r1")
+    assert params["seed"] == 7  # words after -- pass through verbatim
+    assert "DTRAIN_RUNS_DIR" not in params["_line"]
+
+
+def test_words_are_quoted_for_the_heads_shell() -> None:
+    assert _forwarded_to_train(["--run-dir", "/tmp/a b; rm -rf x"])["run_dir"] == Path(
+        "/tmp/a b; rm -rf x"
+    )
+
+
+@pytest.mark.parametrize("key", ["wait", "address", "entrypoint-num-cpus"])
+def test_job_file_holds_train_options_only(tmp_path: Path, key: str) -> None:
+    job = tmp_path / "job.toml"
+    job.write_text(f"[train]\n{key} = 1\n")
+    code, output, _ = run(["submit", "--config", str(job)])
+    assert code == 2 and f"unknown option {key!r}" in output
+
+
+# --- what travels -------------------------------------------------------------------------
+
+
+def test_staged_working_dir_holds_what_a_job_needs_only(tmp_path: Path) -> None:
+    from service import jobs
+
+    staged = jobs.stage_working_dir(tmp_path / "wd")
+    assert {p.name for p in staged.iterdir()} == {"service", "workers", "cli", "data"}
+    assert (staged / "cli" / "main.py").is_file()
+    assert sorted(p.name for p in (staged / "data" / "mnist").iterdir()) == [
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+    ]
+    files = [p for p in staged.rglob("*") if p.is_file()]
+    assert not [p for p in files if "__pycache__" in p.parts or p.suffix == ".pyc"]
+    assert sum(p.stat().st_size for p in files) < 20 * 2**20  # Ray's cap is 500 MiB
+
+
+def test_submission_ids_are_readable_and_unique() -> None:
+    from service import jobs
+
+    ids = {jobs.new_submission_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(re.fullmatch(r"dtrain-\d{8}-\d{6}-[0-9a-f]{4}", i) for i in ids)
+
+
+def test_human_output() -> None:
+    from service import jobs
+
+    done = jobs.JobRecord(
+        submission_id="dtrain-1",
+        status="FAILED",
+        entrypoint="python -m cli.main train " + "--epochs 1 " * 20,
+        message="Job entrypoint command failed with exit code 1, last available logs:\nError: x",
+        start_time=1_000_000.0,
+        end_time=1_000_075.0,
+        driver_exit_code=1,
+    )
+    header, row = jobs.format_table([done]).splitlines()
+    assert header.split()[:2] == ["JOB", "ID"]
+    assert row.split()[:2] == ["dtrain-1", "FAILED"] and "1m15s" in row and row.endswith("...")
+    status = jobs.format_record(done)
+    assert status.splitlines()[0] == "dtrain-1: FAILED"
+    # A multi-line message is shown by its first line; `jobs logs` has the rest.
+    assert "message     Job entrypoint command failed with exit code 1" in status
+    assert "Error: x" not in status
+    assert jobs.format_table([]) == "no jobs"
+    assert done.to_dict()["duration_seconds"] == 75.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
