@@ -14,7 +14,6 @@ This module does not import ``cli.main``: the job's entrypoint runs that module 
 from __future__ import annotations
 
 import copy
-import functools
 import json
 import shlex
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 
 import click
 
-from service.errors import DtrainError
+from cli.errors import user_errors
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
@@ -47,22 +46,6 @@ EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
 
 def exit_code(status: str) -> int:
     return EXIT_CODES.get(status, 1)
-
-
-def plain_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``DtrainError`` as click's one-line ``Error: ...`` and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DtrainError as e:
-            raise click.ClickException(str(e)) from e
-        except KeyboardInterrupt:
-            click.echo("dtrain: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 def option_words(param: click.Option, value: Any) -> list[str]:
@@ -138,7 +121,7 @@ def make_submit(
     )
     @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
     @click.pass_context
-    @plain_errors
+    @user_errors
     def submit(
         ctx: click.Context,
         address: str | None,
@@ -259,7 +242,7 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @jobs.command("list")
 @_common
-@plain_errors
+@user_errors
 def list_cmd(address: str | None, as_json: bool) -> None:
     """Jobs submitted to the cluster, oldest first."""
     from service import jobs as svc
@@ -274,7 +257,7 @@ def list_cmd(address: str | None, as_json: bool) -> None:
 @jobs.command("status")
 @click.argument("job_id")
 @_common
-@plain_errors
+@user_errors
 def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
     """One job's status, times, entrypoint and message (exit 0 whatever the status)."""
     from service import jobs as svc
@@ -292,7 +275,7 @@ def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
     is_flag=True,
     help="Keep printing until the job ends, then exit with its outcome (0, 1 failed, 3 stopped).",
 )
-@plain_errors
+@user_errors
 def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
     """A job's output (its driver's stdout and stderr)."""
     from service import jobs as svc
@@ -314,7 +297,7 @@ def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
     show_default=True,
     help="Seconds to wait for the job to end before giving up with an error.",
 )
-@plain_errors
+@user_errors
 def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) -> None:
     """Stop a running or pending job and wait until it has ended."""
     from service import jobs as svc

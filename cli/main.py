@@ -3,39 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import secrets
 import sys
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from cli.errors import user_errors
 from service import __version__
 from service.errors import DtrainError
 
 # Keys a job file may hold: exactly the ``train`` options (dashes or underscores).
 JOB_FILE_TABLE = "train"
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn ``DtrainError`` into click's one-line ``Error: ...`` and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DtrainError as e:
-            raise click.ClickException(str(e)) from e
-        except KeyboardInterrupt:
-            click.echo("dtrain: interrupted", err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 def load_job_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

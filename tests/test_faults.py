@@ -114,6 +114,15 @@ def dtrain(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli.main", *args]
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, log: Path) -> None:
+    """Until a `dtrain train` subprocess has written its first periodic checkpoint."""
+    deadline = time.monotonic() + 120
+    while not list((run_dir / CHECKPOINT_DIR).glob("step-*.npz")):
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
 def test_killed_driver_resumes_to_the_same_weights(
     prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
 ) -> None:
@@ -138,11 +147,7 @@ def test_killed_driver_resumes_to_the_same_weights(
             dtrain(*args), start_new_session=True, stdout=subprocess.DEVNULL, stderr=err
         )
     try:
-        deadline = time.monotonic() + 120
-        while not list((run_dir / CHECKPOINT_DIR).glob("step-*.npz")):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
+        wait_for_checkpoint(proc, run_dir, log)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
         proc.wait()
@@ -271,11 +276,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(prepared_mnist: Path, tmp_p
     with log.open("wb") as err:
         proc = subprocess.Popen(dtrain(*args), stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 120
-        while not list((run_dir / CHECKPOINT_DIR).glob("step-*.npz")):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "no checkpoint appeared"
-            time.sleep(0.05)
+        wait_for_checkpoint(proc, run_dir, log)
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 130
     finally:
