@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import json
 import re
 import socket
@@ -232,28 +231,12 @@ def test_a_port_in_use_is_a_one_line_error() -> None:
             PrometheusMetrics().serve("127.0.0.1", port)
 
 
-def test_final_values_are_pushed_to_a_pushgateway() -> None:
-    received: list[tuple[str, str, bytes]] = []
-
-    class Gateway(http.server.BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.command, self.path, body))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        m = fed_metrics(pushgateway=f"http://127.0.0.1:{server.server_port}")
-        m.on_end(summary(), None)
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_final_values_are_pushed_to_a_pushgateway(
+    pushgateway: tuple[str, list[tuple[str, str, bytes]]],
+) -> None:
+    url, received = pushgateway
+    m = fed_metrics(pushgateway=url)
+    m.on_end(summary(), None)
     assert len(received) == 1
     method, path, body = received[0]
     assert method == "PUT" and path == "/metrics/job/dtrain"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import shutil
@@ -13,7 +12,6 @@ import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -219,62 +217,40 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(
     assert (lint.stdout + lint.stderr).strip() == b""
 
 
-@contextmanager
-def recording_gateway() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
-    """A stand-in Pushgateway on loopback that records each push's path and body."""
-    received: list[tuple[str, bytes]] = []
-
-    class Gateway(http.server.BaseHTTPRequestHandler):
-        def do_PUT(self) -> None:
-            received.append((self.path, self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Gateway)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", received
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 def test_cli_serves_on_a_free_port_and_pushes_the_final_values(
-    prepared_mnist: Path, tmp_path: Path
+    prepared_mnist: Path,
+    tmp_path: Path,
+    pushgateway: tuple[str, list[tuple[str, str, bytes]]],
 ) -> None:
-    with recording_gateway() as (url, received):
-        result = CliRunner().invoke(
-            cli,
-            [
-                "train",
-                "--data-dir",
-                str(prepared_mnist),
-                "--run-dir",
-                str(tmp_path / "run"),
-                "--max-steps",
-                "5",
-                "--hidden-sizes",
-                "32",
-                "--no-eval-every-epoch",
-                "--metrics-port",
-                "0",
-                "--metrics-grace",
-                "0",
-                "--pushgateway",
-                url,
-                "--json",
-            ],
-        )
+    url, received = pushgateway
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train",
+            "--data-dir",
+            str(prepared_mnist),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "5",
+            "--hidden-sizes",
+            "32",
+            "--no-eval-every-epoch",
+            "--metrics-port",
+            "0",
+            "--metrics-grace",
+            "0",
+            "--pushgateway",
+            url,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     printed = re.search(r"dtrain: metrics at http://127\.0\.0\.1:(\d+)/metrics", result.stderr)
     assert printed and int(printed.group(1)) > 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(received) == 1 and received[0][0] == "/metrics/job/dtrain"
-    body = received[0][1]
+    assert len(received) == 1 and received[0][1] == "/metrics/job/dtrain"
+    body = received[0][2]
     assert f"dtrain_global_step {summary['steps']:.1f}".encode() in body
     assert b"dtrain_steps_total 5.0" in body and b"dtrain_job_success 1.0" in body
     lint = subprocess.run(
