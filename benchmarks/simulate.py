@@ -10,14 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
-
-# Runnable from a checkout without the editable install: the repository root holds the packages.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import click
-
-from cli.bench_cmd import parse_counts
+from dtrain.cli.bench_cmd import parse_counts
 
 # A few steps per layout: enough to see the trend, cheap enough for a CI smoke run.
 QUICK_STEPS = 5
@@ -48,8 +43,8 @@ def main(
     workers: tuple[int, ...], steps: int, warmup_steps: int, quick: bool, as_json: bool
 ) -> None:
     """Drive the parameter server(s) with fake workers; print aggregation throughput."""
-    from service.driver import ray_session
-    from service.simulate import format_simulation, run_simulation
+    from dtrain.service.perf.simulate import format_simulation, run_simulation
+    from dtrain.service.train.trainer import ray_session
 
     if quick:
         workers, steps = QUICK_WORKERS, QUICK_STEPS

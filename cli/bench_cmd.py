@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from service.errors import DtrainError
+from dtrain.service.errors import DtrainError
 
 
 def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
@@ -134,8 +133,8 @@ def bench(
     Prints seconds per epoch, samples/s and the ratio to the NumPy loop for every variant, a
     per-step breakdown of dtrain, its peak memory, and where the issue's targets stand.
     """
-    from service import bench as b
-    from service.dataset import default_data_dir
+    from dtrain.service.data.dataset import default_data_dir
+    from dtrain.service.perf import bench as b
 
     options: dict[str, Any] = {
         "data_dir": data_dir or default_data_dir(),

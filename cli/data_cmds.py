@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import click
-
-from service import dataset
-from service.errors import DtrainError
+from dtrain.service.data import dataset
+from dtrain.service.errors import DtrainError
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 _DEFAULT_DIR_HELP = "$DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist"

@@ -8,8 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import click
-
-from service.errors import DtrainError
+from dtrain.service.errors import DtrainError
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

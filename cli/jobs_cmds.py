@@ -2,7 +2,7 @@
 
 ``submit`` carries every ``train`` option (copies of the ``train`` command's own parameters, so
 the two cannot drift apart) and forwards the ones the user set, on the command line or in a
-``--config`` job file, into the job's entrypoint: ``python -m cli.main train ...`` in the
+``--config`` job file, into the job's entrypoint: ``python -m dtrain.cli.main train ...`` in the
 uploaded project. The job's command line therefore holds the whole configuration, visible in
 ``jobs status`` and ``ray job list``.
 
@@ -23,15 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from cli.errors import user_errors
+from dtrain.cli.errors import user_errors
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
     "HOST:PORT is the cluster's GCS address. [default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
     "else http://127.0.0.1:8265]"
 )
-ENTRYPOINT = ("python", "-m", "cli.main", "train")
+ENTRYPOINT = ("python", "-m", "dtrain.cli.main", "train")
 # The job joins its cluster through the RAY_ADDRESS the Jobs API sets, so train's --address is
 # not forwarded; the job always prints its summary as JSON (the last line of its logs), so
 # submit's own --json is about submit's output.
@@ -65,7 +64,7 @@ def option_words(param: click.Option, value: Any) -> list[str]:
 def build_entrypoint(
     ctx: click.Context, forwarded: set[str], submission_id: str, extra: tuple[str, ...] = ()
 ) -> str:
-    """``python -m cli.main train`` with the options the user set, quoted for the head's shell.
+    """``python -m dtrain.cli.main train`` with the options the user set, quoted for the shell.
 
     ``forwarded`` names the ``train`` options among ``ctx``'s; ``extra`` (the words after
     ``--``) follow verbatim, unchecked here: the job says what it does not accept.
@@ -136,7 +135,7 @@ def make_submit(
         Takes every `dtrain train` option; the job gets those you set (here or in --config).
         Prints the job id; --wait follows the logs and exits with the job's outcome.
         """
-        from service import jobs
+        from dtrain.service.jobs import client as jobs
 
         try:
             build_config(opts)
@@ -245,7 +244,7 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 @user_errors
 def list_cmd(address: str | None, as_json: bool) -> None:
     """Jobs submitted to the cluster, oldest first."""
-    from service import jobs as svc
+    from dtrain.service.jobs import client as svc
 
     records = svc.JobsClient(address).list()
     if as_json:
@@ -260,7 +259,7 @@ def list_cmd(address: str | None, as_json: bool) -> None:
 @user_errors
 def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
     """One job's status, times, entrypoint and message (exit 0 whatever the status)."""
-    from service import jobs as svc
+    from dtrain.service.jobs import client as svc
 
     record = svc.JobsClient(address).get(job_id)
     click.echo(json.dumps(record.to_dict()) if as_json else svc.format_record(record))
@@ -278,7 +277,7 @@ def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
 @user_errors
 def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
     """A job's output (its driver's stdout and stderr)."""
-    from service import jobs as svc
+    from dtrain.service.jobs import client as svc
 
     client = svc.JobsClient(address)
     if not follow:
@@ -300,7 +299,7 @@ def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
 @user_errors
 def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) -> None:
     """Stop a running or pending job and wait until it has ended."""
-    from service import jobs as svc
+    from dtrain.service.jobs import client as svc
 
     record, what = svc.JobsClient(address).stop(job_id, timeout=timeout)
     if as_json:

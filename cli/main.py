@@ -12,10 +12,9 @@ from typing import Any
 
 import click
 import numpy as np
-
-from cli.errors import user_errors
-from service import __version__
-from service.errors import DtrainError
+from dtrain.cli.errors import user_errors
+from dtrain.service import __version__
+from dtrain.service.errors import DtrainError
 
 # Keys a job file may hold: exactly the ``train`` options (dashes or underscores).
 JOB_FILE_TABLE = "train"
@@ -278,8 +277,8 @@ def cli() -> None:
 @user_errors
 def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
     """Train the network on a local Ray or a cluster, then save a checkpoint."""
-    from service.driver import Trainer
-    from service.observers import ConsoleProgress, HistoryWriter
+    from dtrain.service.observe.observers import ConsoleProgress, HistoryWriter
+    from dtrain.service.train.trainer import Trainer
 
     if resume_dir is not None:
         given = {
@@ -293,7 +292,7 @@ def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: An
     observers: list[Any] = [HistoryWriter(config.run_dir / "history.jsonl"), ConsoleProgress()]
     port, pushgateway = opts["metrics_port"], opts["pushgateway"]
     if port is not None or pushgateway:
-        from service.metrics import PrometheusMetrics
+        from dtrain.service.observe.metrics import PrometheusMetrics
 
         metrics = PrometheusMetrics(
             grace_seconds=opts["metrics_grace"] if port is not None else 0.0,
@@ -362,8 +361,8 @@ def build_config(
     opts: dict[str, Any], base: dict[str, Any] | None = None, run_dir: Path | None = None
 ) -> Any:
     """A TrainConfig from options laid over ``base`` (a saved config.json) or the defaults."""
-    from service.config import TrainConfig
-    from service.dataset import default_data_dir
+    from dtrain.service.data.dataset import default_data_dir
+    from dtrain.service.train.config import TrainConfig
 
     d: dict[str, Any] = {"model": {}, "optimizer": {}, **(base or {})}
     d["model"], d["optimizer"] = dict(d["model"]), dict(d["optimizer"])
@@ -399,9 +398,10 @@ def build_config(
 @user_errors
 def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> None:
     """Test loss and accuracy of a checkpoint."""
-    from service import checkpoint, dataset
-    from workers.model import Network
-    from workers.shards import ShardError, read_rows, to_float
+    from dtrain.service.data import dataset
+    from dtrain.service.train import checkpoint
+    from dtrain.workers.model import Network
+    from dtrain.workers.shards import ShardError, read_rows, to_float
 
     ckpt = checkpoint.load(checkpoint_path)
     data_dir = data_dir or dataset.default_data_dir()
@@ -449,10 +449,11 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict digits for images in INPUTS (.npy, .npz or IDX files of 28x28 uint8 images)."""
-    from service import checkpoint, dataset
-    from service.predict import load_images
-    from workers.model import Network
-    from workers.shards import ShardError, read_rows
+    from dtrain.service.data import dataset
+    from dtrain.service.data.images import load_images
+    from dtrain.service.train import checkpoint
+    from dtrain.workers.model import Network
+    from dtrain.workers.shards import ShardError, read_rows
 
     if not inputs and test_samples is None:
         raise click.UsageError("give image files as INPUTS or --test-samples N")
@@ -495,10 +496,10 @@ def main() -> None:
 
 
 def _attach_subcommands() -> None:
-    from cli.bench_cmd import bench
-    from cli.data_cmds import data
-    from cli.jobs_cmds import jobs, make_submit
-    from cli.report_cmd import report
+    from dtrain.cli.bench_cmd import bench
+    from dtrain.cli.data_cmds import data
+    from dtrain.cli.jobs_cmds import jobs, make_submit
+    from dtrain.cli.report_cmd import report
 
     cli.add_command(data)
     cli.add_command(bench)

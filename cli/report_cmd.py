@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-
-from service.errors import DtrainError
+from dtrain.service.errors import DtrainError
 
 
 @click.command()
@@ -19,7 +18,7 @@ from service.errors import DtrainError
 )
 def report(run_dir: Path, out: Path | None) -> None:
     """Loss and accuracy curves and where each step's time went, as one PNG."""
-    from service.report import render
+    from dtrain.service.observe.report import render
 
     try:
         path = render(run_dir, out or run_dir / "report.png")

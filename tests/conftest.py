@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from service.dataset import prepare
+from dtrain.service.data.dataset import prepare
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
-from service import checkpoint, dataset
-from workers.model import ModelSpec, init_params
+from dtrain.cli.main import cli
+from dtrain.service.data import dataset
+from dtrain.service.train import checkpoint
+from dtrain.workers.model import ModelSpec, init_params
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
 IMAGES, LABELS = 0x00000803, 0x00000801
@@ -466,7 +466,10 @@ def snapshot(root: Path) -> dict[str, bytes]:
 def run_case(case: Case, args: list[str]) -> tuple[int, str]:
     if case.process:
         done = subprocess.run(
-            [sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "dtrain.cli.main", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         return done.returncode, done.stdout + done.stderr
     result = CliRunner().invoke(cli, args)

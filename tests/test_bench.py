@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
-from service import bench
-from service.errors import DtrainError
-from workers.model import ModelSpec
+from dtrain.cli.main import cli
+from dtrain.service.errors import DtrainError
+from dtrain.service.perf import bench
+from dtrain.workers.model import ModelSpec
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

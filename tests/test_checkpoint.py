@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service import checkpoint
-from service.errors import DtrainError
-from workers.model import ModelSpec, init_params
+from dtrain.service.errors import DtrainError
+from dtrain.service.train import checkpoint
+from dtrain.workers.model import ModelSpec, init_params
 
 SPEC = ModelSpec(input_size=6, hidden_sizes=(4,), num_classes=3)
 

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
+from dtrain.cli.main import cli
 
 
 @pytest.mark.parametrize(

@@ -437,10 +437,10 @@ SHIPPED_ONLY = """
 import json, os, shutil, sys
 from pathlib import Path
 import ray
-from service import transport
-from workers.actor import Worker
-from workers.model import ModelSpec
-from workers.plan import split_evenly
+from dtrain.service.data import transport
+from dtrain.workers.actor import Worker
+from dtrain.workers.model import ModelSpec
+from dtrain.service.train.plan import split_evenly
 
 data = Path(sys.argv[1])
 ray.init(address=os.environ["GCS_ADDRESS"], logging_level="ERROR")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from service.optim import Optimizer, OptimizerConfig
-from service.server import ServerCore
-from workers.core import WorkerCore
-from workers.model import ModelSpec, Network, init_params
-from workers.plan import split_evenly, steps_per_epoch, worker_batch_sizes
+from dtrain.service.ps.optim import Optimizer, OptimizerConfig
+from dtrain.service.ps.server import ServerCore
+from dtrain.service.train.plan import split_evenly, steps_per_epoch, worker_batch_sizes
+from dtrain.workers.core import WorkerCore
+from dtrain.workers.model import ModelSpec, Network, init_params
 
 SPEC = ModelSpec(input_size=20, hidden_sizes=(16,), num_classes=10)
 
@@ -143,7 +142,7 @@ def test_plain_optimizer_and_server_agree_bitwise() -> None:
     cfg = OptimizerConfig(schedule="constant")
     expected = params.copy()
     Optimizer(cfg, params.size).step(expected, g)
-    from workers.core import GradStats
+    from dtrain.workers.core import GradStats
 
     server = ServerCore(spec=SPEC, optimizer=cfg, params=params, total_steps=1)
     server.apply_gradients(1, [g], [GradStats(0, 0.0, 0, 1, 0.0)])

@@ -9,8 +9,7 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
-
-from cli.data_cmds import data
+from dtrain.cli.data_cmds import data
 
 
 @pytest.fixture

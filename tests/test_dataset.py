@@ -14,9 +14,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-
-from service import dataset
-from service.dataset import (
+from dtrain.service.data import dataset
+from dtrain.service.data.dataset import (
     SCHEMA,
     default_data_dir,
     describe,
@@ -26,8 +25,8 @@ from service.dataset import (
     read_manifest,
     verify,
 )
-from service.errors import DtrainError
-from workers.shards import ShardError, read_rows, to_float
+from dtrain.service.errors import DtrainError
+from dtrain.workers.shards import ShardError, read_rows, to_float
 
 IMAGES = 0x00000803
 LABELS = 0x00000801

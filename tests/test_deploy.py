@@ -19,10 +19,9 @@ import jsonschema
 import pytest
 import ray
 import yaml
+from dtrain.cli.main import train
 from packaging.requirements import Requirement
 from ray.scripts.scripts import start as ray_start
-
-from cli.main import train
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.driver import Trainer
-from service.errors import DtrainError
-from workers.core import WorkerCore
-from workers.device import DeviceError, array_module, to_host
-from workers.model import ModelSpec, init_params
+from dtrain.service.errors import DtrainError
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.trainer import Trainer
+from dtrain.workers.core import WorkerCore
+from dtrain.workers.device import DeviceError, array_module, to_host
+from dtrain.workers.model import ModelSpec, init_params
 
 SPEC = ModelSpec(input_size=20, hidden_sizes=(16,), num_classes=10)
 
@@ -99,8 +98,7 @@ def test_gpu_worker_count_is_validated() -> None:
 @pytest.mark.usefixtures("ray_local")
 def test_bench_on_gpu_without_a_gpu_is_one_line(prepared_mnist: Path) -> None:
     from click.testing import CliRunner
-
-    from cli.main import cli
+    from dtrain.cli.main import cli
 
     args = [
         "bench",

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from workers import exchange
+from dtrain.workers import exchange
 
 
 def test_buffers_are_shared_between_mappings(tmp_path: Path) -> None:

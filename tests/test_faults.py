@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
-
-from service import checkpoint
-from service.config import TrainConfig
-from service.driver import CHECKPOINT_DIR, Trainer, latest_checkpoint
-from service.errors import DtrainError
-from service.observers import Observer
-from service.stats import StepStats
+from dtrain.service.errors import DtrainError
+from dtrain.service.observe.observers import Observer
+from dtrain.service.observe.stats import StepStats
+from dtrain.service.train import checkpoint
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.trainer import CHECKPOINT_DIR, Trainer, latest_checkpoint
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -111,7 +110,7 @@ def test_a_worker_that_keeps_dying_is_given_up_on(prepared_mnist: Path, tmp_path
 
 
 def dtrain(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
+    return [sys.executable, "-m", "dtrain.cli.main", *args]
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, run_dir: Path, log: Path) -> None:
@@ -163,8 +162,7 @@ def test_killed_driver_resumes_to_the_same_weights(
 
 def test_resume_refuses_an_incompatible_config(prepared_mnist: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
-
-    from cli.main import cli
+    from dtrain.cli.main import cli
 
     Trainer(config(prepared_mnist, tmp_path, max_steps=10)).run()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
@@ -199,7 +197,7 @@ def test_checkpoint_failure_stops_the_run_and_keeps_the_last_good_one(
     prepared_mnist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: str
 ) -> None:
     """ENOSPC at any point of a checkpoint write: a clear error, the previous one intact."""
-    import service.checkpoint as ck
+    import dtrain.service.train.checkpoint as ck
 
     arm = ArmAfterFirstCheckpoint()  # the step-10 checkpoint goes through, step 20 fails
 

@@ -9,19 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service.config import TrainConfig
-from service.driver import Trainer
-from workers.core import WorkerCore
-from workers.device import array_module
-from workers.model import ModelSpec, init_params
-from workers.shards import read_rows, to_float
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.trainer import Trainer
+from dtrain.workers.core import WorkerCore
+from dtrain.workers.device import array_module
+from dtrain.workers.model import ModelSpec, init_params
+from dtrain.workers.shards import read_rows, to_float
 
 pytestmark = pytest.mark.gpu
 
 
 def test_gpu_gradients_match_cpu_gradients_on_the_same_batch(prepared_mnist: Path) -> None:
-    from service import dataset
+    from dtrain.service.data import dataset
 
     cupy = array_module("gpu")
     manifest = dataset.read_manifest(prepared_mnist)

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
+from dtrain.cli.main import cli
 
 
 @pytest.fixture
@@ -131,7 +130,7 @@ def test_unreachable_cluster_address_fails_fast(closed_port: int) -> None:
 
 
 def test_token_precedence_follows_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from service import jobs
+    from dtrain.service.jobs import client as jobs
 
     for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         monkeypatch.delenv(var, raising=False)
@@ -171,8 +170,8 @@ def test_bad_token_file_is_one_line(tmp_path: Path, closed_port: int, content: s
 
 def _forwarded_to_train(args: list[str], job_id: str = "dtrain-test-0001") -> dict[str, Any]:
     """Build the job's entrypoint from submit's options, parse it back with the real train."""
-    from cli.jobs_cmds import ENTRYPOINT, build_entrypoint
-    from cli.main import train
+    from dtrain.cli.jobs_cmds import ENTRYPOINT, build_entrypoint
+    from dtrain.cli.main import train
 
     submit = cli.commands["submit"]
     ctx = submit.make_context("submit", args)
@@ -184,7 +183,7 @@ def _forwarded_to_train(args: list[str], job_id: str = "dtrain-test-0001") -> di
 
 
 def test_submit_has_every_train_option_but_the_cluster_address() -> None:
-    from cli.main import train
+    from dtrain.cli.main import train
 
     submit = cli.commands["submit"]
     train_names = {p.name for p in train.params} - {"address", "as_json"}
@@ -249,12 +248,13 @@ def test_job_file_holds_train_options_only(tmp_path: Path, key: str) -> None:
 
 
 def test_staged_working_dir_holds_what_a_job_needs_only(tmp_path: Path) -> None:
-    from service import jobs
+    from dtrain.service.jobs import client as jobs
 
     staged = jobs.stage_working_dir(tmp_path / "wd")
-    assert {p.name for p in staged.iterdir()} == {"service", "workers", "cli", "data"}
-    assert (staged / "cli" / "main.py").is_file()
-    assert sorted(p.name for p in (staged / "data" / "mnist").iterdir()) == [
+    assert {p.name for p in staged.iterdir()} == {"dtrain"}
+    assert {p.name for p in (staged / "dtrain").iterdir()} == {"service", "workers", "cli", "data"}
+    assert (staged / "dtrain" / "cli" / "main.py").is_file()
+    assert sorted(p.name for p in (staged / "dtrain" / "data" / "mnist").iterdir()) == [
         "t10k-images-idx3-ubyte.gz",
         "t10k-labels-idx1-ubyte.gz",
         "train-images-idx3-ubyte.gz",
@@ -266,7 +266,7 @@ def test_staged_working_dir_holds_what_a_job_needs_only(tmp_path: Path) -> None:
 
 
 def test_submission_ids_are_readable_and_unique() -> None:
-    from service import jobs
+    from dtrain.service.jobs import client as jobs
 
     ids = {jobs.new_submission_id() for _ in range(50)}
     assert len(ids) == 50
@@ -274,12 +274,12 @@ def test_submission_ids_are_readable_and_unique() -> None:
 
 
 def test_human_output() -> None:
-    from service import jobs
+    from dtrain.service.jobs import client as jobs
 
     done = jobs.JobRecord(
         submission_id="dtrain-1",
         status="FAILED",
-        entrypoint="python -m cli.main train " + "--epochs 1 " * 20,
+        entrypoint="python -m dtrain.cli.main train " + "--epochs 1 " * 20,
         message="Job entrypoint command failed with exit code 1, last available logs:\nError: x",
         start_time=1_000_000.0,
         end_time=1_000_075.0,

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from dtrain.cli.main import cli
+from dtrain.service.errors import DtrainError
+from dtrain.service.observe.metrics import PrometheusMetrics, check_pushgateway_url
+from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-
-from cli.main import cli
-from service.errors import DtrainError
-from service.metrics import PrometheusMetrics, check_pushgateway_url
-from service.stats import EpochStats, JobInfo, RunSummary, StepStats
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dtrain-dashboard.json"

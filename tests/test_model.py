@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from workers.model import (
+from dtrain.workers.model import (
     Layout,
     ModelSpec,
     Network,

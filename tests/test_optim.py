@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from service.optim import Optimizer, OptimizerConfig
+from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 
 LR, M, STEPS = 0.05, 0.9, 6
 

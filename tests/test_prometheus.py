@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
-from service.config import TrainConfig
-from service.driver import Trainer
-from service.metrics import PrometheusMetrics
+from dtrain.cli.main import cli
+from dtrain.service.observe.metrics import PrometheusMetrics
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

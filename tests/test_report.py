@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
-from service.report import phases, read_history, smooth
+from dtrain.cli.main import cli
+from dtrain.service.observe.report import phases, read_history, smooth
 
 
 def write_history(run_dir: Path, steps: int = 40, replayed: tuple[int, ...] = ()) -> None:

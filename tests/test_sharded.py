@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
-
-from service.optim import OptimizerConfig
-from service.server import ServerCore
-from service.sharded import ServerShard, ShardedServerCore, shard_bounds
-from workers.core import GradStats
-from workers.model import ModelSpec, init_params
+from dtrain.service.ps.optim import OptimizerConfig
+from dtrain.service.ps.server import ServerCore
+from dtrain.service.ps.sharded import ServerShard, ShardedServerCore, shard_bounds
+from dtrain.workers.core import GradStats
+from dtrain.workers.model import ModelSpec, init_params
 
 SPEC = ModelSpec(input_size=30, hidden_sizes=(17,), num_classes=10)  # 707 params: uneven slices
 
@@ -99,7 +98,7 @@ def test_shard_bounds_tile_the_vector() -> None:
 @pytest.mark.usefixtures("ray_local")
 def test_simulation_on_ray_ends_with_the_same_weights_for_every_layout() -> None:
     """Fixed fake gradients: one server and 1 or 3 Ray shards must end bit for bit alike."""
-    from service.simulate import format_simulation, run_simulation
+    from dtrain.service.perf.simulate import format_simulation, run_simulation
 
     report = run_simulation(
         spec=SPEC,

@@ -9,19 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from cli.main import cli
-from service import checkpoint, dataset
-from service.config import TrainConfig
-from service.driver import Trainer
-from service.errors import DtrainError
-from service.optim import OptimizerConfig
-from service.server import ServerCore
-from workers.core import WorkerCore
-from workers.exchange import exchange_root
-from workers.model import init_params
-from workers.plan import split_evenly, worker_batch_sizes
-from workers.shards import read_rows, to_float
+from dtrain.cli.main import cli
+from dtrain.service.data import dataset
+from dtrain.service.errors import DtrainError
+from dtrain.service.ps.optim import OptimizerConfig
+from dtrain.service.ps.server import ServerCore
+from dtrain.service.train import checkpoint
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.plan import split_evenly, worker_batch_sizes
+from dtrain.service.train.trainer import Trainer
+from dtrain.workers.core import WorkerCore
+from dtrain.workers.exchange import exchange_root
+from dtrain.workers.model import init_params
+from dtrain.workers.shards import read_rows, to_float
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

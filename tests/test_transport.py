@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from service import transport
-from service.config import TrainConfig
-from service.dataset import read_manifest
-from service.errors import DtrainError
-from workers.plan import split_evenly
-from workers.shards import (
+from dtrain.service.data import transport
+from dtrain.service.data.dataset import read_manifest
+from dtrain.service.errors import DtrainError
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.plan import split_evenly
+from dtrain.workers.shards import (
     FileSystemShards,
     LocalShards,
     ObjectStoreShards,

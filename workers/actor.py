@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from workers import exchange
-from workers.core import GradStats, WorkerCore
-from workers.device import array_module
-from workers.model import ModelSpec
-from workers.shards import ShardSource, read_rows, to_float
+from dtrain.workers import exchange
+from dtrain.workers.core import GradStats, WorkerCore
+from dtrain.workers.device import array_module
+from dtrain.workers.model import ModelSpec
+from dtrain.workers.shards import ShardSource, read_rows, to_float
 
 
 class Worker:

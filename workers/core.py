@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
-
-from workers.device import to_host
-from workers.model import ModelSpec, Network
+from dtrain.workers.device import to_host
+from dtrain.workers.model import ModelSpec, Network
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from service.optim import Optimizer, OptimizerConfig
-from service.server import ServerStats
-from workers.core import GradStats
-from workers.model import ModelSpec
-from workers.plan import split_evenly
+from dtrain.service.ps.optim import Optimizer, OptimizerConfig
+from dtrain.service.ps.server import ServerStats
+from dtrain.service.train.plan import split_evenly
+from dtrain.workers.core import GradStats
+from dtrain.workers.model import ModelSpec
 
 
 @dataclass(frozen=True)

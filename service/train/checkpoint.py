@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from service.errors import DtrainError
-from workers.model import ModelSpec
+from dtrain.service.errors import DtrainError
+from dtrain.workers.model import ModelSpec
 
 FORMAT = "dtrain-checkpoint"
 VERSION = 1

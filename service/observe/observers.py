@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from service.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 
 
 class Observer:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from service.optim import Optimizer, OptimizerConfig
-from workers import exchange
-from workers.core import GradStats
-from workers.model import ModelSpec
+from dtrain.service.ps.optim import Optimizer, OptimizerConfig
+from dtrain.workers import exchange
+from dtrain.workers.core import GradStats
+from dtrain.workers.model import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -24,19 +24,20 @@ from typing import Any
 
 import numpy as np
 import ray
+from dtrain.service import __version__
+from dtrain.service.data import transport
+from dtrain.service.errors import DtrainError
+from dtrain.service.observe.observers import Observer
+from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.ps.server import ParameterServer, ServerStats
+from dtrain.service.train import checkpoint
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.plan import split_evenly, steps_per_epoch, worker_batch_sizes
+from dtrain.workers import exchange
+from dtrain.workers.actor import Worker
+from dtrain.workers.model import Network, init_params
+from dtrain.workers.shards import ShardError, ShardSource, read_rows, to_float
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
-
-from service import __version__, checkpoint, transport
-from service.config import TrainConfig
-from service.errors import DtrainError
-from service.observers import Observer
-from service.server import ParameterServer, ServerStats
-from service.stats import EpochStats, JobInfo, RunSummary, StepStats
-from workers import exchange
-from workers.actor import Worker
-from workers.model import Network, init_params
-from workers.plan import split_evenly, steps_per_epoch, worker_batch_sizes
-from workers.shards import ShardError, ShardSource, read_rows, to_float
 
 log = logging.getLogger(__name__)
 

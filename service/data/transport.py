@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from service import dataset
-from service.errors import DtrainError
-from workers.shards import (
+from dtrain.service.data import dataset
+from dtrain.service.errors import DtrainError
+from dtrain.workers.shards import (
     FileSystemShards,
     LocalShards,
     ObjectStoreShards,

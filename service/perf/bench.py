@@ -32,14 +32,15 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-
-from service import __version__, checkpoint, dataset
-from service.errors import DtrainError
-from service.observers import Observer
-from service.optim import Optimizer, OptimizerConfig
-from service.stats import EpochStats, JobInfo, RunSummary, StepStats
-from workers.model import ModelSpec, Network, init_params
-from workers.shards import ShardError, read_rows, to_float
+from dtrain.service import __version__
+from dtrain.service.data import dataset
+from dtrain.service.errors import DtrainError
+from dtrain.service.observe.observers import Observer
+from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.ps.optim import Optimizer, OptimizerConfig
+from dtrain.service.train import checkpoint
+from dtrain.workers.model import ModelSpec, Network, init_params
+from dtrain.workers.shards import ShardError, read_rows, to_float
 
 Progress = Callable[[str], None]
 
@@ -500,8 +501,8 @@ class DtrainRun:
 def dtrain_run(
     cfg: BenchConfig, batch: int, workers: int, total_steps: int, run_root: Path
 ) -> DtrainRun:
-    from service.config import TrainConfig
-    from service.driver import Trainer
+    from dtrain.service.train.config import TrainConfig
+    from dtrain.service.train.trainer import Trainer
 
     n_train = int(dataset.read_manifest(cfg.data_dir)["splits"]["train"]["num_samples"])
     epochs = math.ceil(total_steps / math.ceil(n_train / batch)) + 1  # enough; max_steps stops it
@@ -648,8 +649,7 @@ class Probe:
 
 def run_probe(spec: ModelSpec, workers: int, steps: int, warmup: int) -> Probe:
     import ray
-
-    from service.simulate import simulate, start_fake_workers
+    from dtrain.service.perf.simulate import simulate, start_fake_workers
 
     fakes = start_fake_workers(workers, spec.num_params)
     try:
@@ -781,7 +781,7 @@ def evaluate_targets(rows: Sequence[Row], breakdown: Sequence[Breakdown]) -> lis
 
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
     """Every variant at every batch size; Ray is joined if initialised, else started locally."""
-    from service.driver import ray_session
+    from dtrain.service.train.trainer import ray_session
 
     say = progress or (lambda _msg: None)
     if cfg.use_torch is False:
@@ -819,7 +819,7 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport
                 say(f"probe: {w} fake workers, full and tiny payload")
                 probes.append(run_probe(cfg.model, w, cfg.probe_steps, min(warm, 5)))
         if cfg.simulate:
-            from service.simulate import run_simulation
+            from dtrain.service.perf.simulate import run_simulation
 
             steps = cfg.probe_steps
             simulation = run_simulation(
@@ -942,7 +942,12 @@ def format_report(report: BenchReport) -> str:
             mark = "met" if t.met else "NOT MET"
             lines.append(f"  [{mark:>7}] {t.name}: {t.measured} (target {t.limit})")
     if report.simulation is not None:
-        from service.simulate import CapacityResult, SimResult, SimulationReport, format_simulation
+        from dtrain.service.perf.simulate import (
+            CapacityResult,
+            SimResult,
+            SimulationReport,
+            format_simulation,
+        )
 
         sim = SimulationReport(
             sims=[SimResult(**s) for s in report.simulation["simulation"]],

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service.optim import OptimizerConfig
-from workers.model import ModelSpec
-from workers.shards import is_uri
+from dtrain.service.ps.optim import OptimizerConfig
+from dtrain.workers.model import ModelSpec
+from dtrain.workers.shards import is_uri
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,9 +6,8 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
-from service import dataset
-from service.errors import DtrainError
+from dtrain.service.data import dataset
+from dtrain.service.errors import DtrainError
 
 IMAGE_PIXELS = 28 * 28
 

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service import __version__
-from service.errors import DtrainError
+from dtrain.service import __version__
+from dtrain.service.errors import DtrainError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -45,7 +45,7 @@ STOP_TIMEOUT_SECONDS = 30.0
 PENDING_STOP_GRACE_SECONDS = 3.0
 # What a submitted job needs: the three packages and the embedded MNIST. Nothing else of the
 # checkout (.venv, .git, runs/, tests/, docs/, caches) is uploaded.
-PACKAGES = ("service", "workers", "cli")
+PACKAGES = ("dtrain.service", "dtrain.workers", "dtrain.cli")
 METADATA_KEY = "dtrain_version"
 
 
@@ -393,14 +393,16 @@ def stage_working_dir(dest: Path) -> Path:
     """
     import importlib
 
-    from service.dataset import EMBEDDED_DIR
+    from dtrain.service.data.dataset import EMBEDDED_DIR
 
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in PACKAGES:
         src = Path(importlib.import_module(name).__file__ or "").parent
-        shutil.copytree(src, dest / name, ignore=ignore)
+        # dtrain.service -> dest/dtrain/service: the entrypoint imports them from the job's cwd.
+        shutil.copytree(src, dest.joinpath(*name.split(".")), ignore=ignore)
     if EMBEDDED_DIR.is_dir():
-        shutil.copytree(EMBEDDED_DIR, dest / "data" / "mnist", ignore=ignore)
+        # Where EMBEDDED_DIR resolves from the staged dtrain/service/data/dataset.py.
+        shutil.copytree(EMBEDDED_DIR, dest / "dtrain" / "data" / "mnist", ignore=ignore)
     return dest
 
 

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from service.errors import DtrainError
+from dtrain.service.errors import DtrainError
 
 PHASE_COLORS = {
     "compute": "#4C72B0",

@@ -17,12 +17,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
-
-from service.optim import OptimizerConfig
-from service.server import ParameterServer, ServerCore, ServerStats
-from service.sharded import ServerShardActor, combine_stats, shard_bounds
-from workers.core import GradStats
-from workers.model import ModelSpec, init_params
+from dtrain.service.ps.optim import OptimizerConfig
+from dtrain.service.ps.server import ParameterServer, ServerCore, ServerStats
+from dtrain.service.ps.sharded import ServerShardActor, combine_stats, shard_bounds
+from dtrain.workers.core import GradStats
+from dtrain.workers.model import ModelSpec, init_params
 
 ServerKind = Literal["ps", "sharded"]
 FLOAT32_BYTES = 4

@@ -27,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-
-from service.errors import DtrainError
-from workers.shards import (
+from dtrain.service.errors import DtrainError
+from dtrain.workers.shards import (
     IMAGE_SHAPE,
     IMAGE_SIZE,
     NUM_CLASSES,
@@ -52,7 +51,7 @@ __all__ = [
     "verify",
 ]
 
-EMBEDDED_DIR = Path(__file__).resolve().parents[1] / "data" / "mnist"
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dtrain-mnist-arrow"
 VERSION = 1
