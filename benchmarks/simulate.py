@@ -44,7 +44,7 @@ def main(
 ) -> None:
     """Drive the parameter server(s) with fake workers; print aggregation throughput."""
     from dtrain.service.perf.simulate import format_simulation, run_simulation
-    from dtrain.service.train.trainer import ray_session
+    from dtrain.service.train.session import ray_session
 
     if quick:
         workers, steps = QUICK_WORKERS, QUICK_STEPS

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import click
+from dtrain.cli.options import json_option
 from dtrain.service.data import dataset
-from dtrain.service.errors import DtrainError
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 _DEFAULT_DIR_HELP = "$DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist"
@@ -53,16 +53,13 @@ def prepare_cmd(
 ) -> None:
     """Validate a source and write it as Arrow IPC shards plus manifest.json."""
     out_dir = out if out is not None else dataset.default_data_dir()
-    try:
-        manifest = dataset.prepare(
-            out_dir,
-            source=source,
-            num_shards=num_shards,
-            num_test_shards=num_test_shards,
-            force=force,
-        )
-    except DtrainError as e:
-        raise click.ClickException(str(e)) from None
+    manifest = dataset.prepare(
+        out_dir,
+        source=source,
+        num_shards=num_shards,
+        num_test_shards=num_test_shards,
+        force=force,
+    )
     train, test = manifest["splits"]["train"], manifest["splits"]["test"]
     click.echo(
         f"prepared {train['num_samples']} train samples in {len(train['shards'])} shards and "
@@ -73,18 +70,15 @@ def prepare_cmd(
 
 @data.command("inspect")
 @click.argument("directory", metavar="[DIR]", type=_DIR, required=False)
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON instead.")
+@json_option("the manifest")
 @click.option(
     "--verify", is_flag=True, help="Also check every shard's size and sha256 against the manifest."
 )
 def inspect_cmd(directory: Path | None, as_json: bool, verify: bool) -> None:
     """Describe prepared data in DIR (default: $DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist)."""
     data_dir = directory if directory is not None else dataset.default_data_dir()
-    try:
-        manifest = dataset.read_manifest(data_dir)
-        checked = dataset.verify(data_dir, manifest) if verify else 0
-    except DtrainError as e:
-        raise click.ClickException(str(e)) from None
+    manifest = dataset.read_manifest(data_dir)
+    checked = dataset.verify(data_dir, manifest) if verify else 0
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
     else:

@@ -6,9 +6,8 @@ the two cannot drift apart) and forwards the ones the user set, on the command l
 uploaded project. The job's command line therefore holds the whole configuration, visible in
 ``jobs status`` and ``ray job list``.
 
-This module does not import ``cli.main``: the job's entrypoint runs that module as
-``__main__``, so importing it from here would load it a second time, half-initialised.
-``cli.main`` hands over what ``submit`` needs (``make_submit``).
+``submit``'s parameters are deep copies of ``train``'s (cli/train_cmd.py), so the two cannot
+drift apart.
 """
 
 from __future__ import annotations
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from dtrain.cli.errors import user_errors
+from dtrain.cli.options import build_config, json_option
+from dtrain.cli.train_cmd import train
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
@@ -82,96 +82,6 @@ def build_entrypoint(
     return line
 
 
-def make_submit(
-    train: click.Command, build_config: Callable[[dict[str, Any]], Any]
-) -> click.Command:
-    """The ``submit`` command: copies of ``train``'s options besides its own.
-
-    ``build_config`` (``cli.main.build_config``) checks the options here, so a bad combination
-    is a usage error before anything is uploaded, not a failed job.
-    """
-    forwarded = [copy.deepcopy(p) for p in train.params if p.name not in NOT_FORWARDED]
-    # --config is eager and not exposed: its values arrive as the other options' defaults.
-    names = {p.name for p in forwarded if p.name and p.name != "config"}
-    for param in forwarded:
-        if param.name == "config" and param.callback is not None:
-            param.callback = _job_file_callback(param.callback, names)
-
-    @click.command("submit", epilog="Words after -- go to `dtrain train` in the job unchanged.")
-    @click.option("--address", default=None, help=ADDRESS_HELP)
-    @click.option(
-        "--wait",
-        is_flag=True,
-        help="Follow the job's logs until it ends, then exit 0 if it succeeded, 1 if it failed, "
-        "3 if it was stopped.",
-    )
-    @click.option(
-        "--entrypoint-num-cpus",
-        type=click.FloatRange(min=0),
-        default=None,
-        help="CPUs reserved for the job's driver (dtrain train itself) on the cluster. "
-        "[default: none reserved]",
-    )
-    @click.option(
-        "--json",
-        "as_json",
-        is_flag=True,
-        help="Print the job id (and with --wait how it ended) as one JSON object.",
-    )
-    @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
-    @click.pass_context
-    @user_errors
-    def submit(
-        ctx: click.Context,
-        address: str | None,
-        wait: bool,
-        entrypoint_num_cpus: float | None,
-        as_json: bool,
-        train_args: tuple[str, ...],
-        **opts: Any,
-    ) -> None:
-        """Run `dtrain train` as a job on a Ray cluster, with the project as its working dir.
-
-        Takes every `dtrain train` option; the job gets those you set (here or in --config).
-        Prints the job id; --wait follows the logs and exits with the job's outcome.
-        """
-        from dtrain.service.jobs import client as jobs
-
-        try:
-            build_config(opts)
-        except click.UsageError as e:
-            e.ctx = ctx  # so that click names `dtrain submit`, not `dtrain train`, in the usage
-            raise
-        client = jobs.JobsClient(address)
-        job_id = jobs.new_submission_id()
-        entrypoint = build_entrypoint(ctx, names, job_id, train_args)
-        with tempfile.TemporaryDirectory(prefix="dtrain-job-") as tmp:
-            client.submit(
-                entrypoint=entrypoint,
-                working_dir=jobs.stage_working_dir(Path(tmp)),
-                submission_id=job_id,
-                entrypoint_num_cpus=entrypoint_num_cpus,
-            )
-        where = {"job_id": job_id, "address": client.url, "entrypoint": entrypoint}
-        if as_json and not wait:
-            click.echo(json.dumps(where))
-        elif not as_json:
-            click.echo(job_id)
-            click.echo(f"dtrain: submitted to {client.url}: {entrypoint}", err=True)
-        if not wait:
-            if not as_json:
-                click.echo(f"dtrain: follow it with `dtrain jobs logs {job_id} --follow`", err=True)
-            return
-        record = _follow(client, job_id, quiet=as_json)
-        if as_json:
-            click.echo(json.dumps({**where, **record.to_dict()}))
-        sys.exit(exit_code(record.status))
-
-    submit.params.extend(forwarded)
-    submit.forwarded = names  # type: ignore[attr-defined]  # for build_entrypoint's callers
-    return submit
-
-
 def _job_file_callback(
     load: Callable[[click.Context, click.Parameter, Any], Any], names: set[str]
 ) -> Callable[[click.Context, click.Parameter, Any], Any]:
@@ -190,6 +100,84 @@ def _job_file_callback(
         return result
 
     return callback
+
+
+# submit carries copies of train's own parameters: one definition, so the two cannot drift;
+# build_config checks them here, so a bad combination is a usage error before any upload.
+_forwarded = [copy.deepcopy(p) for p in train.params if p.name not in NOT_FORWARDED]
+# --config is eager and not exposed: its values arrive as the other options' defaults.
+FORWARDED_NAMES = {p.name for p in _forwarded if p.name and p.name != "config"}
+for param in _forwarded:
+    if param.name == "config" and param.callback is not None:
+        param.callback = _job_file_callback(param.callback, FORWARDED_NAMES)
+
+
+@click.command("submit", epilog="Words after -- go to `dtrain train` in the job unchanged.")
+@click.option("--address", default=None, help=ADDRESS_HELP)
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Follow the job's logs until it ends, then exit 0 if it succeeded, 1 if it failed, "
+    "3 if it was stopped.",
+)
+@click.option(
+    "--entrypoint-num-cpus",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="CPUs reserved for the job's driver (dtrain train itself) on the cluster. "
+    "[default: none reserved]",
+)
+@json_option("the job id (and with --wait how it ended)")
+@click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def submit(
+    ctx: click.Context,
+    address: str | None,
+    wait: bool,
+    entrypoint_num_cpus: float | None,
+    as_json: bool,
+    train_args: tuple[str, ...],
+    **opts: Any,
+) -> None:
+    """Run `dtrain train` as a job on a Ray cluster, with the project as its working dir.
+
+    Takes every `dtrain train` option; the job gets those you set (here or in --config).
+    Prints the job id; --wait follows the logs and exits with the job's outcome.
+    """
+    from dtrain.service.jobs import client as jobs
+
+    try:
+        build_config(opts)
+    except click.UsageError as e:
+        e.ctx = ctx  # so that click names `dtrain submit`, not `dtrain train`, in the usage
+        raise
+    client = jobs.JobsClient(address)
+    job_id = jobs.new_submission_id()
+    entrypoint = build_entrypoint(ctx, FORWARDED_NAMES, job_id, train_args)
+    with tempfile.TemporaryDirectory(prefix="dtrain-job-") as tmp:
+        client.submit(
+            entrypoint=entrypoint,
+            working_dir=jobs.stage_working_dir(Path(tmp)),
+            submission_id=job_id,
+            entrypoint_num_cpus=entrypoint_num_cpus,
+        )
+    where = {"job_id": job_id, "address": client.url, "entrypoint": entrypoint}
+    if as_json and not wait:
+        click.echo(json.dumps(where))
+    elif not as_json:
+        click.echo(job_id)
+        click.echo(f"dtrain: submitted to {client.url}: {entrypoint}", err=True)
+    if not wait:
+        if not as_json:
+            click.echo(f"dtrain: follow it with `dtrain jobs logs {job_id} --follow`", err=True)
+        return
+    record = _follow(client, job_id, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps({**where, **record.to_dict()}))
+    sys.exit(exit_code(record.status))
+
+
+submit.params.extend(_forwarded)
 
 
 def _follow(client: Any, job_id: str, quiet: bool = False) -> Any:
@@ -235,13 +223,12 @@ def jobs() -> None:
 
 
 def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(fn)
+    fn = json_option("the result")(fn)
     return click.option("--address", default=None, help=ADDRESS_HELP)(fn)
 
 
 @jobs.command("list")
 @_common
-@user_errors
 def list_cmd(address: str | None, as_json: bool) -> None:
     """Jobs submitted to the cluster, oldest first."""
     from dtrain.service.jobs import client as svc
@@ -256,7 +243,6 @@ def list_cmd(address: str | None, as_json: bool) -> None:
 @jobs.command("status")
 @click.argument("job_id")
 @_common
-@user_errors
 def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
     """One job's status, times, entrypoint and message (exit 0 whatever the status)."""
     from dtrain.service.jobs import client as svc
@@ -274,7 +260,6 @@ def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
     is_flag=True,
     help="Keep printing until the job ends, then exit with its outcome (0, 1 failed, 3 stopped).",
 )
-@user_errors
 def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
     """A job's output (its driver's stdout and stderr)."""
     from dtrain.service.jobs import client as svc
@@ -296,7 +281,6 @@ def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
     show_default=True,
     help="Seconds to wait for the job to end before giving up with an error.",
 )
-@user_errors
 def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) -> None:
     """Stop a running or pending job and wait until it has ended."""
     from dtrain.service.jobs import client as svc

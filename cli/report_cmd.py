@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-from dtrain.service.errors import DtrainError
 
 
 @click.command()
@@ -20,8 +19,5 @@ def report(run_dir: Path, out: Path | None) -> None:
     """Loss and accuracy curves and where each step's time went, as one PNG."""
     from dtrain.service.observe.report import render
 
-    try:
-        path = render(run_dir, out or run_dir / "report.png")
-    except DtrainError as e:
-        raise click.ClickException(str(e)) from e
+    path = render(run_dir, out or run_dir / "report.png")
     click.echo(f"wrote {path}")

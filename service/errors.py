@@ -7,3 +7,9 @@ class DtrainError(Exception):
     The message must name the problem and fit on one line; the CLI prints it as
     ``dtrain: error: <message>`` without a traceback.
     """
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to its first line: Ray and gRPC errors carry whole tracebacks."""
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__

@@ -21,7 +21,8 @@ from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import StepStats
 from dtrain.service.train import checkpoint
 from dtrain.service.train.config import TrainConfig
-from dtrain.service.train.trainer import CHECKPOINT_DIR, Trainer, latest_checkpoint
+from dtrain.service.train.recovery import CHECKPOINT_DIR, latest_checkpoint
+from dtrain.service.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 

@@ -170,12 +170,12 @@ def test_bad_token_file_is_one_line(tmp_path: Path, closed_port: int, content: s
 
 def _forwarded_to_train(args: list[str], job_id: str = "dtrain-test-0001") -> dict[str, Any]:
     """Build the job's entrypoint from submit's options, parse it back with the real train."""
-    from dtrain.cli.jobs_cmds import ENTRYPOINT, build_entrypoint
+    from dtrain.cli.jobs_cmds import ENTRYPOINT, FORWARDED_NAMES, build_entrypoint
     from dtrain.cli.main import train
 
     submit = cli.commands["submit"]
     ctx = submit.make_context("submit", args)
-    line = build_entrypoint(ctx, submit.forwarded, job_id, tuple(ctx.params["train_args"]))
+    line = build_entrypoint(ctx, FORWARDED_NAMES, job_id, tuple(ctx.params["train_args"]))
     words = shlex.split(line)
     assert words[: len(ENTRYPOINT)] == list(ENTRYPOINT)
     params = train.make_context("train", words[len(ENTRYPOINT) :]).params

@@ -22,7 +22,11 @@ class ModelSpec:
     """Layer sizes of a multilayer perceptron: input -> hidden... -> classes."""
 
     input_size: int = 784
-    hidden_sizes: tuple[int, ...] = (512,)
+    # metadata: the `dtrain train` option (see service/train/config.py's option()).
+    hidden_sizes: tuple[int, ...] = field(
+        default=(512,),
+        metadata={"help": "Comma-separated hidden layer widths (none: no hidden layer).", "min": 1},
+    )
     num_classes: int = 10
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ import errno
 import sys
 import time
 import urllib.parse
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,56 @@ from prometheus_client import start_http_server as _start_http_server
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 PHASES = ("compute", "aggregate", "update", "wait")
 DEFAULT_PORT = 9108  # in the range Prometheus's wiki lists for exporters, not claimed there
+
+
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """Where a run's metrics go. Each field's ``metadata`` is its ``dtrain train`` option."""
+
+    metrics_port: int | None = field(
+        default=None,
+        metadata={
+            "help": "Serve Prometheus metrics on this port while training (0 picks a free one "
+            "and prints it). [default: no endpoint]",
+            "min": 0,
+            "max": 65535,
+        },
+    )
+    metrics_host: str = field(
+        default="127.0.0.1",
+        metadata={
+            "help": "Address the metrics endpoint binds to; 0.0.0.0 exposes it beyond this machine."
+        },
+    )
+    metrics_grace: float = field(
+        default=15.0,
+        metadata={
+            "help": "Seconds the metrics endpoint stays up after the job ends, so the last "
+            "values are scraped (not after Ctrl-C).",
+            "min": 0,
+        },
+    )
+    pushgateway: str | None = field(
+        default=None,
+        metadata={
+            "help": "Push the final metrics to this Prometheus Pushgateway (e.g. "
+            "http://127.0.0.1:9091) when the job ends."
+        },
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.metrics_port is not None or bool(self.pushgateway)
+
+    def build(self) -> PrometheusMetrics:
+        """The exporter, already serving when a port is set (a port in use fails here, early)."""
+        metrics = PrometheusMetrics(
+            grace_seconds=self.metrics_grace if self.metrics_port is not None else 0.0,
+            pushgateway=self.pushgateway,
+        )
+        if self.metrics_port is not None:
+            metrics.serve(self.metrics_host, self.metrics_port)
+        return metrics
 
 
 def check_pushgateway_url(url: str) -> str:

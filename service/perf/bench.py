@@ -781,7 +781,7 @@ def evaluate_targets(rows: Sequence[Row], breakdown: Sequence[Breakdown]) -> lis
 
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
     """Every variant at every batch size; Ray is joined if initialised, else started locally."""
-    from dtrain.service.train.trainer import ray_session
+    from dtrain.service.train.session import ray_session
 
     say = progress or (lambda _msg: None)
     if cfg.use_torch is False:

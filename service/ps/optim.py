@@ -9,7 +9,7 @@ Formulas (the chapter's names):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -21,12 +21,38 @@ SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 
 @dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
-    name: OptimizerName = "nesterov"
+    # metadata: the `dtrain train` options (see service/train/config.py's option()).
+    name: OptimizerName = field(
+        default="nesterov",
+        metadata={
+            "help": "sgd: w -= lr*g; momentum: classical; nesterov: the chapter's form.",
+            "option": "optimizer",
+            "choices": OPTIMIZERS,
+        },
+    )
     # 0.1 with cosine decay reaches >= 0.98 test accuracy in the chapter's 5 epochs at batch 128
     # (0.9812 and 0.9815 for seeds 0 and 1 in a plain NumPy loop); a constant 0.05 gives 0.9798.
-    learning_rate: float = 0.1
-    momentum: float = 0.9
-    schedule: Literal["constant", "cosine"] = "cosine"
+    learning_rate: float = field(
+        default=0.1,
+        metadata={
+            "help": "Peak learning rate.",
+            "aliases": ("--lr",),
+            "min": 0,
+            "min_open": True,
+        },
+    )
+    momentum: float = field(
+        default=0.9,
+        metadata={"help": "Momentum factor in [0, 1).", "min": 0, "max": 1, "max_open": True},
+    )
+    schedule: Literal["constant", "cosine"] = field(
+        default="cosine",
+        metadata={
+            "help": "Learning-rate schedule over the run.",
+            "option": "lr-schedule",
+            "choices": SCHEDULES,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:

@@ -8,6 +8,9 @@ and every sample is visited exactly once per epoch.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from dtrain.service.errors import DtrainError
 
 
 def split_evenly(total: int, parts: int) -> list[tuple[int, int]]:
@@ -40,3 +43,23 @@ def worker_batch_sizes(batch_size: int, counts: list[int]) -> list[int]:
 def steps_per_epoch(counts: list[int], sizes: list[int]) -> int:
     """Enough steps for the slowest worker to visit all of its samples once."""
     return max(math.ceil(n / b) for n, b in zip(counts, sizes, strict=True))
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochPlan:
+    """Who owns which training rows, each worker's slice of a batch, and the steps per epoch."""
+
+    ranges: list[tuple[int, int]]
+    slices: list[int]
+    steps_per_epoch: int
+
+
+def plan_epoch(num_train: int, num_workers: int, batch_size: int) -> EpochPlan:
+    if num_workers > num_train:
+        raise DtrainError(
+            f"num_workers ({num_workers}) is more than the {num_train} training samples"
+        )
+    ranges = split_evenly(num_train, num_workers)
+    counts = [stop - start for start, stop in ranges]
+    slices = worker_batch_sizes(batch_size, counts)
+    return EpochPlan(ranges=ranges, slices=slices, steps_per_epoch=steps_per_epoch(counts, slices))

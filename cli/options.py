@@ -1,0 +1,244 @@
+"""Command-line options, each defined once.
+
+``dtrain train``'s options are generated from the config dataclasses' fields (``TrainConfig``,
+its ``ModelSpec`` and ``OptimizerConfig``, and ``MetricsConfig``): name, type, default, choices,
+bounds and help all come from the field, so ``train``, job files and ``submit`` cannot drift
+from the config. Options shared by several commands (``--json``, ``--data-dir``) are here too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import secrets
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from dtrain.service.observe.metrics import MetricsConfig
+from dtrain.service.train.config import TrainConfig
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+# Keys a job file may hold: exactly the ``train`` options (dashes or underscores).
+JOB_FILE_TABLE = "train"
+
+
+def json_option(what: str) -> Decorator:
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def data_dir_option(help: str) -> Decorator:
+    return click.option(
+        "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
+    )
+
+
+# --- options generated from config fields ------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """One generated option: click's declaration of it and the config field it sets."""
+
+    decls: tuple[str, ...]
+    attrs: dict[str, Any]
+    # Dotted path into the config's ``to_dict()``: "epochs", "optimizer.learning_rate".
+    field_path: str
+
+    @property
+    def name(self) -> str:
+        """click's name for the parameter (the last declaration, an identifier)."""
+        return self.decls[-1]
+
+
+def _fields(cls: type, prefix: str = "") -> Iterator[tuple[dataclasses.Field[Any], Any, str]]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            yield from _fields(hint, prefix + f.name + ".")
+        elif "help" in f.metadata:
+            yield f, hint, prefix + f.name
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return None  # required fields (data_dir, run_dir) have defaults computed at run time
+
+
+def _click_type(hint: Any, meta: Any) -> Any:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if isinstance(hint, types.UnionType) and len(args) == 1 else hint
+    if "choices" in meta:
+        return click.Choice(list(meta["choices"]))
+    if base is int:
+        return click.IntRange(min=meta.get("min"), max=meta.get("max"))
+    if base is float:
+        return FiniteFloat(
+            min=meta.get("min"),
+            max=meta.get("max"),
+            min_open=meta.get("min_open", False),
+            max_open=meta.get("max_open", False),
+        )
+    if base is Path:
+        return click.Path(file_okay=False, path_type=Path)
+    if hint == Path | str:
+        # A string, not a Path: Path() would fold the "//" of a URI such as s3://bucket/mnist.
+        return click.Path(file_okay=False)
+    return click.STRING
+
+
+class FiniteFloat(click.FloatRange):
+    """A float range that also refuses nan and inf, which compare False with every bound."""
+
+    name = "float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return rv
+
+
+def parse_int_list(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
+    """ "512,256" -> (512, 256); "none" or "" -> (); a tuple (a job file's list) passes."""
+    if isinstance(value, tuple | list):
+        parts = list(value)
+    else:
+        text = str(value).strip()
+        if text in ("", "none"):
+            return ()
+        parts = text.split(",")
+    try:
+        sizes = tuple(int(part) for part in parts)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of integers", ctx, param
+        ) from None
+    if any(s < 1 for s in sizes):
+        raise click.BadParameter(f"every hidden size must be >= 1, got {value!r}", ctx, param)
+    return sizes
+
+
+def _option(f: dataclasses.Field[Any], hint: Any, path: str) -> ConfigOption:
+    meta = f.metadata
+    name = (meta.get("option") or f.name).replace("_", "-")
+    dest = name.replace("-", "_")
+    default = _default(f)
+    attrs: dict[str, Any] = {"help": meta["help"], "show_default": default is not None}
+    if hint is bool:
+        return ConfigOption((f"--{name}/--no-{name}", dest), {**attrs, "default": default}, path)
+    if typing.get_origin(hint) is tuple:
+        attrs |= {
+            "default": ",".join(map(str, default)) if default else "none",
+            "callback": parse_int_list,
+        }
+        return ConfigOption((f"--{name}", dest), attrs, path)
+    attrs |= {"type": _click_type(hint, meta), "default": default}
+    return ConfigOption((f"--{name}", *meta.get("aliases", ()), dest), attrs, path)
+
+
+def config_options(cls: type) -> list[ConfigOption]:
+    return [_option(f, hint, path) for f, hint, path in _fields(cls)]
+
+
+TRAIN_OPTIONS = config_options(TrainConfig)
+METRICS_OPTIONS = config_options(MetricsConfig)
+# Option name (click's dest) -> dotted field of TrainConfig.to_dict().
+TRAIN_FIELDS = {o.name: o.field_path for o in TRAIN_OPTIONS}
+
+
+def with_options(options: list[ConfigOption]) -> Decorator:
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        # Applied last to first, as stacked decorators are, so --help lists them in field order.
+        for o in reversed(options):
+            fn = click.option(*o.decls, **o.attrs)(fn)
+        return fn
+
+    return decorate
+
+
+# --- job files ---------------------------------------------------------------------------------
+
+
+def load_job_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Read a TOML job file into click's default_map, so options given on the command line win."""
+    if value is None:
+        return None
+    path = Path(value)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise click.BadParameter(f"cannot read {path}: {e.strerror}", ctx, param) from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise click.BadParameter(f"{path} is not valid TOML: {e}", ctx, param) from e
+    table = data.get(JOB_FILE_TABLE, data)
+    if not isinstance(table, dict):
+        raise click.BadParameter(f"{path}: [{JOB_FILE_TABLE}] must be a table", ctx, param)
+    known = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    defaults: dict[str, Any] = {}
+    for key, val in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise click.BadParameter(f"{path}: unknown option {key!r}", ctx, param)
+        defaults[name] = ",".join(map(str, val)) if isinstance(val, list) else val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+config_file_option = click.option(
+    "--config",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=load_job_file,
+    help="TOML job file whose keys are these options' names; options on the command line win.",
+)
+
+
+# --- from options to a config ------------------------------------------------------------------
+
+
+def default_run_dir() -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{secrets.token_hex(2)}"
+
+
+def build_config(
+    opts: dict[str, Any], base: dict[str, Any] | None = None, run_dir: Path | None = None
+) -> TrainConfig:
+    """A TrainConfig from options laid over ``base`` (a saved config.json) or the defaults."""
+    from dtrain.service.data.dataset import default_data_dir
+
+    d: dict[str, Any] = {"model": {}, "optimizer": {}, **(base or {})}
+    d["model"], d["optimizer"] = dict(d["model"]), dict(d["optimizer"])
+    for option, value in opts.items():
+        target = TRAIN_FIELDS.get(option)
+        if target is None or (value is None and option in ("data_dir", "run_dir")):
+            continue
+        if "." in target:
+            section, key = target.split(".")
+            d[section][key] = value
+        else:
+            d[target] = value
+    d.setdefault("data_dir", default_data_dir())
+    if d.get("run_dir") is None:
+        d["run_dir"] = default_run_dir()
+    if run_dir is not None:
+        d["run_dir"] = run_dir
+    try:
+        return TrainConfig.from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise click.UsageError(str(e)) from e
+
+
+def metrics_config(opts: dict[str, Any]) -> MetricsConfig:
+    names = {o.name for o in METRICS_OPTIONS}
+    return MetricsConfig(**{k: v for k, v in opts.items() if k in names})

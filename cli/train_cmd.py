@@ -1,0 +1,87 @@
+"""`dtrain train`: build the config from the options, train, print the summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from dtrain.cli.options import (
+    METRICS_OPTIONS,
+    TRAIN_OPTIONS,
+    build_config,
+    config_file_option,
+    json_option,
+    metrics_config,
+    with_options,
+)
+from dtrain.service.errors import DtrainError
+
+
+@click.command()
+@config_file_option
+@with_options(TRAIN_OPTIONS)
+@click.option(
+    "--resume",
+    "resume_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Continue the run in this run directory from its newest whole checkpoint.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join, e.g. 10.0.0.1:6379. [default: $RAY_ADDRESS, else a new local Ray]",
+)
+@with_options(METRICS_OPTIONS)
+@json_option("the summary")
+@click.pass_context
+def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
+    """Train the network on a local Ray or a cluster, then save a checkpoint."""
+    from dtrain.service.observe.observers import ConsoleProgress, HistoryWriter
+    from dtrain.service.train.trainer import Trainer
+
+    if resume_dir is not None:
+        given = {
+            name: value
+            for name, value in opts.items()
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        }
+        config = build_config(given, base=saved_config(resume_dir), run_dir=resume_dir)
+    else:
+        config = build_config(opts)
+    observers: list[Any] = [HistoryWriter(config.run_dir / "history.jsonl"), ConsoleProgress()]
+    metrics = metrics_config(opts)
+    if metrics.enabled:
+        # Before Ray starts: a port in use is an error that costs the user no waiting.
+        exporter = metrics.build()
+        if exporter.port is not None:
+            click.echo(
+                f"dtrain: metrics at http://{exporter.host}:{exporter.port}/metrics", err=True
+            )
+        observers.append(exporter)
+    try:
+        summary = Trainer(
+            config, observers, address=opts["address"], resume=resume_dir is not None
+        ).run()
+    except KeyboardInterrupt:
+        saved = list((config.run_dir / "checkpoints").glob("step-*.npz"))
+        hint = f"; resume with: dtrain train --resume {config.run_dir}" if saved else ""
+        click.echo(f"dtrain: interrupted{hint}", err=True)
+        sys.exit(130)
+    if as_json:
+        out = summary.to_dict()
+        out.pop("history")
+        click.echo(json.dumps(out))
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DtrainError(f"{run_dir} is not a dtrain run directory (no config.json)") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DtrainError(f"{path} is unreadable: {e}") from e

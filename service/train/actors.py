@@ -1,0 +1,149 @@
+"""The one owner of a run's actors: starts the server and workers, waits on them, kills them.
+
+Ray's errors end here: a dead or hung actor becomes ``ActorLost`` (recoverable by a rebuild), a
+task that failed for any other reason a plain ``DtrainError``. Nothing else touches Ray's
+actor handles' lifecycle, so recovery and the step loop never see a Ray exception.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import ray
+from dtrain.service.errors import DtrainError, first_line
+from dtrain.service.ps.server import ParameterServer
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.recovery import Snapshot
+from dtrain.workers import exchange
+from dtrain.workers.actor import Worker
+from dtrain.workers.shards import ShardSource
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
+# Actors start in fresh processes and load their rows; on a loaded 2-core machine that takes
+# seconds, so this bound only catches the cluster that cannot place them at all.
+ACTOR_START_TIMEOUT_SECONDS = 120.0
+
+
+class ActorLost(DtrainError):
+    """An actor died or hung: recoverable by rebuilding the actors from the last snapshot."""
+
+
+class ActorGroup:
+    """One parameter server and ``num_workers`` workers, started from a snapshot."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        manifest: dict[str, Any],
+        ranges: list[tuple[int, int]],
+        slices: list[int],
+        sources: list[ShardSource],
+        total_steps: int,
+        num_gpu_workers: int,
+        shared_memory: bool,
+    ) -> None:
+        self.config = config
+        self.manifest = manifest
+        self.ranges = ranges
+        self.slices = slices
+        self.sources = sources
+        self.total_steps = total_steps
+        self.num_gpu_workers = num_gpu_workers
+        self.shared_memory = shared_memory
+        self.server: Any = None
+        self.workers: list[Any] = []
+        self.worker_nodes: list[str] = []
+        # Shared-memory exchange only: where the weights and gradients live (None: object store).
+        self.exchange_dir: Path | None = None
+
+    def start(self, snapshot: Snapshot) -> None:
+        c = self.config
+        self.exchange_dir = exchange.new_exchange_dir() if self.shared_memory else None
+        shared = (
+            {"exchange_dir": str(self.exchange_dir), "num_workers": c.num_workers}
+            if self.exchange_dir is not None
+            else {}
+        )
+        self.server = (
+            ray.remote(ParameterServer)
+            # The server's state cannot be rebuilt by re-running its constructor, so Ray must
+            # not restart it: recovery does, from the last snapshot.
+            .options(num_cpus=0, max_restarts=0)
+            .remote(
+                spec=c.model,
+                optimizer=c.optimizer,
+                params=snapshot.params,
+                velocity=snapshot.velocity,
+                staleness=c.staleness,
+                history=snapshot.history,
+                step=snapshot.progress.step,
+                total_steps=self.total_steps,
+                **shared,
+            )
+        )
+        if shared:  # the server creates the shared files, which the workers then open
+            self._wait_started([self.server.ready.remote()])
+        # A worker's constructor reloads the same rows, and a step is deterministic, so Ray may
+        # restart a dead worker and re-run its in-flight steps without changing a bit.
+        worker_cls = ray.remote(Worker)
+        base = {
+            "num_cpus": c.num_cpus_per_worker,
+            "max_restarts": c.max_restarts,
+            "max_task_retries": c.max_restarts,
+            # Across nodes where the cluster has several: each node's CPUs and network share
+            # the work, and one lost node takes fewer workers with it.
+            "scheduling_strategy": "SPREAD",
+        }
+        num_gpu = self.num_gpu_workers
+        self.workers = [
+            worker_cls.options(**base, **({"num_gpus": 1} if rank < num_gpu else {})).remote(
+                device="gpu" if rank < num_gpu else "cpu",
+                rank=rank,
+                spec=c.model,
+                data_dir=str(c.data_dir),
+                source=self.sources[rank],
+                manifest=self.manifest,
+                row_range=row_range,
+                batch_slice=self.slices[rank],
+                seed=c.seed,
+                exchange_dir=shared.get("exchange_dir"),
+                num_slots=c.staleness + 1,
+            )
+            for rank, row_range in enumerate(self.ranges)
+        ]
+        self._wait_started([self.server.ready.remote(), *[w.ready.remote() for w in self.workers]])
+        self.worker_nodes = self.get(
+            [w.node_id.remote() for w in self.workers], ACTOR_START_TIMEOUT_SECONDS, "start"
+        )
+
+    def kill(self) -> None:
+        for actor in [self.server, *self.workers]:
+            if actor is not None:
+                ray.kill(actor)
+        self.server, self.workers = None, []
+        if self.exchange_dir is not None:
+            shutil.rmtree(self.exchange_dir, ignore_errors=True)
+
+    def get(self, refs: Any, timeout: float, what: str) -> Any:
+        """``ray.get`` with Ray's failures turned into ``ActorLost`` or a one-line error."""
+        try:
+            return ray.get(refs, timeout=timeout)
+        except GetTimeoutError as e:
+            raise ActorLost(f"{what} did not finish within {timeout:g}s") from e
+        except RayActorError as e:
+            raise ActorLost(f"an actor died during {what} ({first_line(e)})") from e
+        except RayTaskError as e:
+            cause = e.cause if isinstance(e.cause, Exception) else e
+            if isinstance(cause, RayActorError):
+                raise ActorLost(f"an actor died during {what} ({first_line(cause)})") from e
+            raise DtrainError(f"{what} failed: {first_line(cause)}") from e
+
+    def _wait_started(self, refs: list[Any]) -> None:
+        try:
+            self.get(refs, ACTOR_START_TIMEOUT_SECONDS, "start")
+        except ActorLost as e:
+            # A constructor that fails (no CuPy, unreadable rows) fails again on a retry.
+            raise DtrainError(f"the actors could not start: {e}") from e

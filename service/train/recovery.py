@@ -1,0 +1,186 @@
+"""What a run is rebuilt from: snapshots, checkpoints on disk, resume checks, restart policy.
+
+A snapshot is the server's state and the driver's progress at the same step. The newest whole
+snapshot is where a run continues after a lost actor (``RestartPolicy``) or a ``--resume``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from dtrain.service.errors import DtrainError
+from dtrain.service.train import checkpoint
+from dtrain.service.train.config import TrainConfig
+from dtrain.workers.model import init_params
+
+FINAL_CHECKPOINT = "checkpoint.npz"
+CHECKPOINT_DIR = "checkpoints"
+
+# Fields of the config that decide the weights: a resumed run must match them exactly.
+RESUME_MUST_MATCH = (
+    "staleness",
+    "batch_size",
+    "num_workers",
+    "model",
+    "optimizer",
+    "seed",
+    "epochs",
+    "max_steps",
+)
+
+
+@dataclass
+class Progress:
+    """Everything besides the server's arrays that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    epoch_loss: float = 0.0
+    epoch_correct: int = 0
+    epoch_samples: int = 0
+    epoch_seconds: float = 0.0
+    total_samples: int = 0
+    train_seconds: float = 0.0
+    restarts: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def copy(self) -> Progress:
+        return Progress(**{**asdict(self), "history": [dict(h) for h in self.history]})
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Progress:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Snapshot:
+    """The server's state and the driver's progress at the same step."""
+
+    params: np.ndarray
+    velocity: np.ndarray
+    progress: Progress
+    # With bounded staleness k: the weights after the k updates before ``params``, oldest first.
+    history: np.ndarray | None = None
+
+    def restarted(self) -> Snapshot:
+        """A copy to continue from after a rebuild, counting that rebuild."""
+        progress = self.progress.copy()
+        progress.restarts += 1
+        return Snapshot(self.params, self.velocity, progress, self.history)
+
+
+def initial_snapshot(config: TrainConfig, resume: bool) -> Snapshot:
+    """Fresh weights from the seed, or the newest whole checkpoint of the run being resumed."""
+    if not resume:
+        params = init_params(config.model, config.seed)
+        return Snapshot(params, np.zeros_like(params), Progress())
+    ckpt = latest_checkpoint(config.run_dir)
+    check_resumable(ckpt, config)
+    velocity = ckpt.velocity if ckpt.velocity is not None else np.zeros_like(ckpt.params)
+    progress = Progress.from_dict(ckpt.meta.get("progress", {}))
+    history = None if ckpt.history is None else np.array(ckpt.history)
+    return Snapshot(np.array(ckpt.params), np.array(velocity), progress, history)
+
+
+class Checkpointer:
+    """Writes snapshots into a run directory: periodic ones (newest two kept) and the final one."""
+
+    def __init__(
+        self, config: TrainConfig, on_checkpoint: Callable[[Path, int], None] | None = None
+    ) -> None:
+        self.config = config
+        self.on_checkpoint = on_checkpoint
+
+    def save(self, path: Path, snap: Snapshot, extra: dict[str, Any] | None = None) -> None:
+        meta = {
+            "step": snap.progress.step,
+            "progress": asdict(snap.progress),
+            "config": self.config.to_dict(),
+            **(extra or {}),
+        }
+        checkpoint.save(
+            path,
+            checkpoint.Checkpoint(
+                spec=self.config.model,
+                params=snap.params,
+                velocity=snap.velocity,
+                meta=meta,
+                history=snap.history,
+            ),
+        )
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(path, snap.progress.step)
+
+    def save_periodic(self, snap: Snapshot) -> None:
+        directory = self.config.run_dir / CHECKPOINT_DIR
+        self.save(directory / f"step-{snap.progress.step:08d}.npz", snap)
+        # Keep the newest two: one may be mid-write when the machine dies, the other is whole.
+        for old in sorted(directory.glob("step-*.npz"))[:-2]:
+            old.unlink(missing_ok=True)
+
+    def save_final(self, snap: Snapshot, extra: dict[str, Any]) -> Path:
+        path = self.config.run_dir / FINAL_CHECKPOINT
+        self.save(path, snap, extra)
+        return path
+
+
+class RestartPolicy:
+    """Ray Train's failure policy, small: rebuild from the newest snapshot up to N times."""
+
+    def __init__(self, max_restarts: int) -> None:
+        self.max_restarts = max_restarts
+
+    def next_start(self, latest: Snapshot, error: DtrainError) -> Snapshot:
+        """The snapshot to rebuild from after ``error``, or the error that ends the run."""
+        restarted = latest.restarted()
+        if restarted.progress.restarts > self.max_restarts:
+            raise DtrainError(f"giving up after {self.max_restarts} restarts: {error}") from error
+        print(
+            f"dtrain: {error}; restarting the actors from step {latest.progress.step} "
+            f"(restart {restarted.progress.restarts} of {self.max_restarts})",
+            file=sys.stderr,
+        )
+        return restarted
+
+
+def latest_checkpoint(run_dir: Path) -> checkpoint.Checkpoint:
+    """The newest checkpoint of a run that loads whole; damaged ones are skipped, loudly."""
+    candidates = sorted((run_dir / CHECKPOINT_DIR).glob("step-*.npz"), reverse=True)
+    final = run_dir / FINAL_CHECKPOINT
+    if final.exists():
+        candidates.insert(0, final)
+    if not candidates:
+        raise DtrainError(f"{run_dir} has no checkpoint to resume from")
+    problems = []
+    for path in candidates:
+        try:
+            return checkpoint.load(path)
+        except DtrainError as e:
+            problems.append(str(e))
+            print(f"dtrain: skipping {path.name}: {e}", file=sys.stderr)
+    raise DtrainError(f"no checkpoint in {run_dir} is loadable: {problems[0]}")
+
+
+def check_resumable(ckpt: checkpoint.Checkpoint, config: TrainConfig) -> None:
+    """Refuse a checkpoint whose run would not continue into the same weights."""
+    if ckpt.spec != config.model:
+        raise DtrainError(
+            f"the checkpoint's layers {ckpt.spec.layer_shapes} differ from the config's "
+            f"{config.model.layer_shapes}"
+        )
+    saved = ckpt.meta.get("config", {})
+    now = config.to_dict()
+    diffs = [
+        f"{key}: checkpoint {saved.get(key)!r}, now {now[key]!r}"
+        for key in RESUME_MUST_MATCH
+        if key in saved and saved[key] != now[key]
+    ]
+    if diffs:
+        raise DtrainError(
+            "cannot resume, the config differs from the checkpoint's: " + "; ".join(diffs)
+        )
