@@ -1,3 +1,20 @@
-"""dtrain service: driver, parameter server, optimizers, data preparation, checkpoints."""
+"""dtrain's service side, by responsibility (installed as ``dtrain.service``):
+
+- ``train/``: one training run on the driver: ``trainer`` (build, train, close), ``config``,
+  ``session`` (Ray and the cluster's capacity), ``plan`` (rows and batch slices per worker),
+  ``actors`` (the server and workers' lifecycle), ``loop`` (the steps), ``recovery``
+  (snapshots, restarts, resume) and ``checkpoint`` (the on-disk format).
+- ``ps/``: the parameter server (``server``), the optimizers (``optim``) and a sharded server
+  (``sharded``) that only the aggregation simulation and its tests use.
+- ``data/``: preparing Arrow datasets (``dataset``), moving shards to workers (``transport``)
+  and reading images for ``predict`` (``images``).
+- ``observe/``: what a run reports: stats records, observers (history, console), Prometheus
+  metrics and the PNG report.
+- ``perf/``: ``dtrain bench`` and the aggregation simulation; not on the training path.
+- ``jobs/``: ``dtrain submit`` and ``dtrain jobs`` over Ray's Jobs API.
+
+The worker side (``dtrain.workers``: the model's math, the worker actor, shard reading, the
+shared-memory exchange) depends on nothing here; ``dtrain.cli`` is the command line over both.
+"""
 
 __version__ = "0.1.0"

@@ -222,7 +222,7 @@ CASES = [
         "`--learning-rate -0.1`",
         lambda ws: ["train", "--learning-rate", "-0.1"],
         2,
-        "learning_rate must be a positive number",
+        "'--learning-rate' / '--lr': -0.1 is not in the range x>0",
     ),
     Case(
         "momentum-1.5",

@@ -1,0 +1,72 @@
+"""The layout's promises: dtrain's own import namespace, and the same bits as before the move."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dtrain.service.train import checkpoint
+from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.trainer import Trainer
+
+# sha256 of the final weights of a 30-step run (seed 0, batch 128, the embedded MNIST in the
+# default 8 + 2 shards), taken with the engine as it was before the restructure (commit 84ecab0).
+# A change here is a change of the math or the sampling, never of the layout.
+PINNED = {
+    (2, 0): "97dc1828ddf44d2329190a7b80dc3d21a90e90ab224405b50bf4d4ea7e6c5347",
+    (1, 0): "2198e28fd9a5589c5b59064a00ce49e26027a57107a43671d5767f4b374507ee",
+    (2, 1): "f661ead7af16f264e3ddcb9be9ba4d74a0a63f6e1726259f873d9bcd6537f787",
+    (2, 2): "b20c778e1022cd88376cf23db3e38ea0ecbf48f649ae5e52502fc4cacedd93cc",
+}
+
+
+@pytest.mark.usefixtures("ray_local")
+@pytest.mark.parametrize(("num_workers", "staleness"), sorted(PINNED))
+def test_weights_match_the_digest_pinned_before_the_restructure(
+    prepared_mnist: Path, tmp_path: Path, num_workers: int, staleness: int
+) -> None:
+    config = TrainConfig(
+        data_dir=prepared_mnist,
+        run_dir=tmp_path,
+        epochs=1,
+        max_steps=30,
+        num_workers=num_workers,
+        staleness=staleness,
+        checkpoint_every=0,
+        eval_every_epoch=False,
+    )
+    Trainer(config).run()
+    params = checkpoint.load(tmp_path / "checkpoint.npz").params
+    assert hashlib.sha256(params.tobytes()).hexdigest() == PINNED[(num_workers, staleness)]
+
+
+def test_train_runs_from_a_directory_of_decoy_packages(
+    prepared_mnist: Path, tmp_path: Path
+) -> None:
+    """A user's own service/, workers/ and cli/ packages in the working directory (and on
+    PYTHONPATH) must not replace dtrain's in the driver or in Ray's actors."""
+    decoy = tmp_path / "project"
+    for name in ("service", "workers", "cli"):
+        (decoy / name).mkdir(parents=True)
+        (decoy / name / "__init__.py").write_text(f"raise ImportError('decoy {name} imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(decoy)}
+    dtrain = shutil.which("dtrain", path=str(Path(sys.executable).parent))
+    assert dtrain is not None
+    args = ["--data-dir", str(prepared_mnist), "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run(
+        [dtrain, "train", *args, "--max-steps", "3", "--epochs", "1", "--json"],
+        cwd=decoy,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "decoy" not in done.stdout + done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 3
