@@ -48,7 +48,8 @@ sim_workers_option = click.option(
     help="Comma-separated global batch sizes; every variant runs at each.",
 )
 @click.option(
-    "--workers",
+    "--num-workers",
+    "workers",
     default="1,2",
     show_default=True,
     callback=parse_counts,

@@ -125,7 +125,7 @@ def test_cli_prints_one_json_object(prepared_mnist: Path) -> None:
             "--no-probe",
             "--batch-sizes",
             "128",
-            "--workers",
+            "--num-workers",
             "1",
             "--data-dir",
             str(prepared_mnist),
@@ -146,9 +146,9 @@ def test_cli_prints_one_json_object(prepared_mnist: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--batch-sizes", "1", "--workers", "2"], "smaller than 2 workers"),
+        (["--batch-sizes", "1", "--num-workers", "2"], "smaller than 2 workers"),
         (["--batch-sizes", "128,x"], "not a comma-separated list"),
-        (["--workers", "0"], "must be >= 1"),
+        (["--num-workers", "0"], "must be >= 1"),
     ],
 )
 def test_cli_rejects_bad_options_in_one_line(args: list[str], message: str) -> None:
