@@ -2,7 +2,8 @@
 
 Drives today's ``ParameterServer`` and the sharded server (1 and 2 shards) with 1..16 fake worker
 actors that return precomputed gradients, and prints updates/s and gradient GB/s per layout; see
-docs/performance.md for what the numbers mean.
+docs/performance.md for what the numbers mean. The same simulation as ``dtrain bench --simulate``,
+without the bench's other variants.
 """
 
 from __future__ import annotations
@@ -12,46 +13,51 @@ import os
 import sys
 
 import click
-from dtrain.cli.bench_cmd import parse_counts
-
-# A few steps per layout: enough to see the trend, cheap enough for a CI smoke run.
-QUICK_STEPS = 5
-QUICK_WORKERS = (1, 2)
+from dtrain.cli.bench_cmd import sim_workers_option
+from dtrain.service.perf.config import (
+    PROBE_STEPS,
+    PROBE_WARMUP_STEPS,
+    QUICK_PROBE_STEPS,
+    QUICK_SIM_WORKERS,
+    SIM_WORKERS,
+)
 
 
 @click.command()
+@sim_workers_option
 @click.option(
-    "--workers",
-    default="1,2,4,8,16",
-    show_default=True,
-    callback=parse_counts,
-    help="Comma-separated fake worker counts.",
-)
-@click.option(
-    "--steps", type=click.IntRange(min=1), default=60, show_default=True, help="Measured steps."
+    "--steps",
+    type=click.IntRange(min=1),
+    default=None,
+    help=f"Measured steps. [default: {PROBE_STEPS}; {QUICK_PROBE_STEPS} with --quick]",
 )
 @click.option(
     "--warmup-steps",
     type=click.IntRange(min=0),
-    default=5,
+    default=PROBE_WARMUP_STEPS,
     show_default=True,
     help="Steps before the measured ones.",
 )
-@click.option("--quick", is_flag=True, help="5 steps with 1 and 2 workers: a smoke run.")
+@click.option("--quick", is_flag=True, help="A few steps with 1 and 2 workers: a smoke run.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def main(
-    workers: tuple[int, ...], steps: int, warmup_steps: int, quick: bool, as_json: bool
+    sim_workers: tuple[int, ...] | None,
+    steps: int | None,
+    warmup_steps: int,
+    quick: bool,
+    as_json: bool,
 ) -> None:
     """Drive the parameter server(s) with fake workers; print aggregation throughput."""
     from dtrain.service.perf.simulate import format_simulation, run_simulation
     from dtrain.service.train.session import ray_session
 
-    if quick:
-        workers, steps = QUICK_WORKERS, QUICK_STEPS
-    num_cpus = os.cpu_count() or 1
-    with ray_session(None, num_cpus):
+    if sim_workers is None:
+        sim_workers = QUICK_SIM_WORKERS if quick else SIM_WORKERS
+    if steps is None:
+        steps = QUICK_PROBE_STEPS if quick else PROBE_STEPS
+    with ray_session(None, os.cpu_count() or 1):
         report = run_simulation(
-            worker_counts=workers,
+            worker_counts=sim_workers,
             steps=steps,
             warmup_steps=warmup_steps,
             progress=lambda msg: print(msg, file=sys.stderr, flush=True),

@@ -1,4 +1,4 @@
-"""`dtrain bench`: a thin wrapper over service.bench."""
+"""`dtrain bench`: its options, parsed here and handed to service.perf."""
 
 from __future__ import annotations
 
@@ -23,6 +23,22 @@ def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tupl
     return counts
 
 
+def parse_optional_counts(
+    ctx: click.Context, param: click.Parameter, value: Any
+) -> tuple[int, ...] | None:
+    return None if value is None else parse_counts(ctx, param, value)
+
+
+# Shared with benchmarks/simulate.py, which runs only the simulation.
+sim_workers_option = click.option(
+    "--sim-workers",
+    default=None,
+    callback=parse_optional_counts,
+    help="Comma-separated fake worker counts for the simulation. [default: 1,2,4,8,16; 1,2 "
+    "with --quick]",
+)
+
+
 @click.command("bench")
 @click.option(
     "--batch-sizes",
@@ -32,7 +48,8 @@ def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tupl
     help="Comma-separated global batch sizes; every variant runs at each.",
 )
 @click.option(
-    "--workers",
+    "--num-workers",
+    "workers",
     default="1,2",
     show_default=True,
     callback=parse_counts,
@@ -76,13 +93,7 @@ def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tupl
     help="Also drive the parameter server (one, or 1-2 shards) with fake workers and report "
     "aggregation throughput.",
 )
-@click.option(
-    "--sim-workers",
-    default=None,
-    callback=lambda ctx, param, value: None if value is None else parse_counts(ctx, param, value),
-    help="Comma-separated fake worker counts for --simulate. [default: 1,2,4,8,16; 1,2 with "
-    "--quick]",
-)
+@sim_workers_option
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -112,49 +123,18 @@ def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tupl
     help="Where dtrain's workers compute (gpu: CuPy, one GPU per worker); the loops stay on CPU.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
-def bench(
-    batch_sizes: tuple[int, ...],
-    workers: tuple[int, ...],
-    steps: int | None,
-    warmup_steps: int | None,
-    quick: bool,
-    use_torch: bool | None,
-    probe: bool,
-    simulate: bool,
-    sim_workers: tuple[int, ...] | None,
-    data_dir: Path | None,
-    seed: int,
-    exchange: str,
-    device: str,
-    as_json: bool,
-) -> None:
+def bench(quick: bool, as_json: bool, **options: Any) -> None:
     """Time dtrain against the sgemm floor, a plain NumPy loop and PyTorch, in one run.
 
     Prints seconds per epoch, samples/s and the ratio to the NumPy loop for every variant, a
     per-step breakdown of dtrain, its peak memory, and where the issue's targets stand.
     """
-    from dtrain.service.data.dataset import default_data_dir
     from dtrain.service.perf import bench as b
+    from dtrain.service.perf.config import BenchConfig
+    from dtrain.service.perf.report import format_report
 
-    options: dict[str, Any] = {
-        "data_dir": data_dir or default_data_dir(),
-        "batch_sizes": batch_sizes,
-        "workers": workers,
-        "use_torch": use_torch,
-        "probe": probe,
-        "simulate": simulate,
-        "seed": seed,
-        "exchange": exchange,
-        "device": device,
-    }
-    if steps is not None:
-        options["steps"] = steps
-    if warmup_steps is not None:
-        options["warmup_steps"] = warmup_steps
-    if sim_workers is not None:
-        options["sim_workers"] = sim_workers
     try:
-        config = b.BenchConfig.quick(**options) if quick else b.BenchConfig(**options)
+        config = BenchConfig.from_options(quick=quick, **options)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
     try:
@@ -164,4 +144,4 @@ def bench(
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:
-        click.echo(b.format_report(report))
+        click.echo(format_report(report))

@@ -144,20 +144,21 @@ def submit(
     Takes every `dtrain train` option; the job gets those you set (here or in --config).
     Prints the job id; --wait follows the logs and exits with the job's outcome.
     """
-    from dtrain.service.jobs import client as jobs
+    from dtrain.service.jobs.client import JobsClient, new_submission_id
+    from dtrain.service.jobs.staging import stage_working_dir
 
     try:
         build_config(opts)
     except click.UsageError as e:
         e.ctx = ctx  # so that click names `dtrain submit`, not `dtrain train`, in the usage
         raise
-    client = jobs.JobsClient(address)
-    job_id = jobs.new_submission_id()
+    client = JobsClient(address)
+    job_id = new_submission_id()
     entrypoint = build_entrypoint(ctx, FORWARDED_NAMES, job_id, train_args)
     with tempfile.TemporaryDirectory(prefix="dtrain-job-") as tmp:
         client.submit(
             entrypoint=entrypoint,
-            working_dir=jobs.stage_working_dir(Path(tmp)),
+            working_dir=stage_working_dir(Path(tmp)),
             submission_id=job_id,
             entrypoint_num_cpus=entrypoint_num_cpus,
         )
@@ -231,13 +232,14 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_common
 def list_cmd(address: str | None, as_json: bool) -> None:
     """Jobs submitted to the cluster, oldest first."""
-    from dtrain.service.jobs import client as svc
+    from dtrain.service.jobs.client import JobsClient
+    from dtrain.service.jobs.format import format_table
 
-    records = svc.JobsClient(address).list()
+    records = JobsClient(address).list()
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in records]))
     else:
-        click.echo(svc.format_table(records))
+        click.echo(format_table(records))
 
 
 @jobs.command("status")
@@ -245,10 +247,11 @@ def list_cmd(address: str | None, as_json: bool) -> None:
 @_common
 def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
     """One job's status, times, entrypoint and message (exit 0 whatever the status)."""
-    from dtrain.service.jobs import client as svc
+    from dtrain.service.jobs.client import JobsClient
+    from dtrain.service.jobs.format import format_record
 
-    record = svc.JobsClient(address).get(job_id)
-    click.echo(json.dumps(record.to_dict()) if as_json else svc.format_record(record))
+    record = JobsClient(address).get(job_id)
+    click.echo(json.dumps(record.to_dict()) if as_json else format_record(record))
 
 
 @jobs.command("logs")
@@ -262,9 +265,9 @@ def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
 )
 def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
     """A job's output (its driver's stdout and stderr)."""
-    from dtrain.service.jobs import client as svc
+    from dtrain.service.jobs.client import JobsClient
 
-    client = svc.JobsClient(address)
+    client = JobsClient(address)
     if not follow:
         click.echo(client.logs(job_id), nl=False)
         return
@@ -283,9 +286,9 @@ def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
 )
 def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) -> None:
     """Stop a running or pending job and wait until it has ended."""
-    from dtrain.service.jobs import client as svc
+    from dtrain.service.jobs.client import JobsClient
 
-    record, what = svc.JobsClient(address).stop(job_id, timeout=timeout)
+    record, what = JobsClient(address).stop(job_id, timeout=timeout)
     if as_json:
         click.echo(json.dumps({**record.to_dict(), "outcome": what}))
     else:

@@ -230,7 +230,7 @@ CASES = [
         "`--momentum 1.5`",
         lambda ws: ["train", "--momentum", "1.5"],
         2,
-        "momentum must be in [0, 1)",
+        "'--momentum': 1.5 is not in the range 0<=x<1",
     ),
     Case(
         "unknown-optimizer",

@@ -12,7 +12,11 @@ import pytest
 from click.testing import CliRunner
 from dtrain.cli.main import cli
 from dtrain.service.errors import DtrainError
-from dtrain.service.perf import bench
+from dtrain.service.perf.bench import run_bench
+from dtrain.service.perf.config import QUICK_STEPS, BenchConfig
+from dtrain.service.perf.report import REPORT_KEYS, ROW_KEYS, SCHEMA, BenchReport, format_report
+from dtrain.service.perf.results import find_row
+from dtrain.service.perf.variants import import_torch, matmul_shapes, step_flops, time_floor
 from dtrain.workers.model import ModelSpec
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -22,14 +26,14 @@ WORKERS = (1, 2)
 
 
 @pytest.fixture(scope="module")
-def report(ray_local: object, prepared_mnist: Path) -> bench.BenchReport:
+def report(ray_local: object, prepared_mnist: Path) -> BenchReport:
     """One quick bench of every variant, shared by the tests that read it."""
-    config = bench.BenchConfig.quick(data_dir=prepared_mnist, batch_sizes=BATCHES, workers=WORKERS)
-    return bench.run_bench(config)
+    config = BenchConfig.quick(data_dir=prepared_mnist, batch_sizes=BATCHES, workers=WORKERS)
+    return run_bench(config)
 
 
-def test_every_variant_has_a_row_with_positive_numbers(report: bench.BenchReport) -> None:
-    torch_rows = bench.import_torch() is not None
+def test_every_variant_has_a_row_with_positive_numbers(report: BenchReport) -> None:
+    torch_rows = import_torch() is not None
     assert report.torch["used"] is torch_rows
     want = {("floor", b, None) for b in BATCHES} | {("numpy", b, 1) for b in BATCHES}
     want |= {("dtrain", b, w) for b in BATCHES for w in WORKERS}
@@ -37,32 +41,32 @@ def test_every_variant_has_a_row_with_positive_numbers(report: bench.BenchReport
         want |= {("torch", b, 1) for b in BATCHES}
     assert {(r.variant, r.batch_size, r.workers) for r in report.rows} == want
     for r in report.rows:
-        assert r.steps == bench.QUICK_STEPS and r.total_steps == bench.QUICK_STEPS + 2
+        assert r.steps == QUICK_STEPS and r.total_steps == QUICK_STEPS + 2
         assert r.step_seconds > 0 and r.samples_per_second > 0 and r.ratio_to_numpy > 0
         assert r.steps_per_epoch == math.ceil(60000 / r.batch_size)
         assert math.isclose(r.epoch_seconds, r.step_seconds * r.steps_per_epoch)
         assert math.isclose(r.samples_per_second, r.batch_size / r.step_seconds)
     for b in BATCHES:
-        assert bench.find_row(report.rows, "numpy", b, 1).ratio_to_numpy == 1.0
-        floor = bench.find_row(report.rows, "floor", b, None)
+        assert find_row(report.rows, "numpy", b, 1).ratio_to_numpy == 1.0
+        floor = find_row(report.rows, "floor", b, None)
         assert floor.gflop_per_second > 0
         assert floor.step_seconds == pytest.approx(
-            bench.step_flops(ModelSpec(), b) / floor.gflop_per_second / 1e9
+            step_flops(ModelSpec(), b) / floor.gflop_per_second / 1e9
         )
 
 
-def test_dtrain_trains_what_the_plain_loop_trains(report: bench.BenchReport) -> None:
+def test_dtrain_trains_what_the_plain_loop_trains(report: BenchReport) -> None:
     """Same batches, schedule and start: one worker ends where the loop ends, up to rounding."""
     for b in BATCHES:
-        plain = bench.find_row(report.rows, "numpy", b, 1)
-        one = bench.find_row(report.rows, "dtrain", b, 1)
+        plain = find_row(report.rows, "numpy", b, 1)
+        one = find_row(report.rows, "dtrain", b, 1)
         assert one.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.002)
         (bd,) = [x for x in report.breakdown if x.batch_size == b and x.workers == 1]
         assert bd.max_weight_difference_to_numpy < 1e-5  # another batch order: ~1e-3
-        assert bench.find_row(report.rows, "dtrain", b, 2).test_accuracy > 0.5
+        assert find_row(report.rows, "dtrain", b, 2).test_accuracy > 0.5
 
 
-def test_breakdown_adds_up_and_finds_every_process(report: bench.BenchReport) -> None:
+def test_breakdown_adds_up_and_finds_every_process(report: BenchReport) -> None:
     assert {(b.batch_size, b.workers) for b in report.breakdown} == {
         (b, w) for b in BATCHES for w in WORKERS
     }
@@ -81,10 +85,10 @@ def test_breakdown_adds_up_and_finds_every_process(report: bench.BenchReport) ->
     assert all(p.full_step_seconds > 0 and p.tiny_step_seconds > 0 for p in report.probes)
 
 
-def test_json_has_the_documented_keys_and_targets(report: bench.BenchReport) -> None:
+def test_json_has_the_documented_keys_and_targets(report: BenchReport) -> None:
     out = json.loads(json.dumps(report.to_dict()))
-    assert set(out) == bench.REPORT_KEYS and out["schema"] == bench.SCHEMA
-    assert all(set(r) == bench.ROW_KEYS for r in out["results"])
+    assert set(out) == REPORT_KEYS and out["schema"] == SCHEMA
+    assert all(set(r) == ROW_KEYS for r in out["results"])
     assert out["config"]["batch_sizes"] == list(BATCHES)
     names = [t["name"] for t in out["targets"]]
     assert any("batch 128" in n and "s/epoch" in n for n in names)
@@ -92,7 +96,7 @@ def test_json_has_the_documented_keys_and_targets(report: bench.BenchReport) -> 
     assert any("peak RSS" in n for n in names)
     # Quick runs stop before an epoch, where the accuracy comparison means nothing yet.
     assert not any("accuracy" in n for n in names)
-    text = bench.format_report(report)
+    text = format_report(report)
     for needle in ("sgemm floor", "numpy loop", "dtrain per step", "targets", "peak RSS GiB"):
         assert needle in text
 
@@ -101,15 +105,13 @@ def test_without_torch_the_torch_loop_is_left_out(
     monkeypatch: pytest.MonkeyPatch, prepared_mnist: Path
 ) -> None:
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    config = bench.BenchConfig.quick(
-        data_dir=prepared_mnist, batch_sizes=(128,), workers=(), probe=False
-    )
-    report = bench.run_bench(config)
+    config = BenchConfig.quick(data_dir=prepared_mnist, batch_sizes=(128,), workers=(), probe=False)
+    report = run_bench(config)
     assert report.torch == {"used": False, "reason": "torch is not installed"}
     assert [r.variant for r in report.rows] == ["floor", "numpy"]
-    assert "torch loop not run: torch is not installed" in bench.format_report(report)
+    assert "torch loop not run: torch is not installed" in format_report(report)
     with pytest.raises(DtrainError, match="PyTorch is not installed"):
-        bench.run_bench(bench.BenchConfig.quick(data_dir=prepared_mnist, use_torch=True))
+        run_bench(BenchConfig.quick(data_dir=prepared_mnist, use_torch=True))
 
 
 def test_cli_prints_one_json_object(prepared_mnist: Path) -> None:
@@ -123,7 +125,7 @@ def test_cli_prints_one_json_object(prepared_mnist: Path) -> None:
             "--no-probe",
             "--batch-sizes",
             "128",
-            "--workers",
+            "--num-workers",
             "1",
             "--data-dir",
             str(prepared_mnist),
@@ -144,9 +146,9 @@ def test_cli_prints_one_json_object(prepared_mnist: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--batch-sizes", "1", "--workers", "2"], "smaller than 2 workers"),
+        (["--batch-sizes", "1", "--num-workers", "2"], "smaller than 2 workers"),
         (["--batch-sizes", "128,x"], "not a comma-separated list"),
-        (["--workers", "0"], "must be >= 1"),
+        (["--num-workers", "0"], "must be >= 1"),
     ],
 )
 def test_cli_rejects_bad_options_in_one_line(args: list[str], message: str) -> None:
@@ -157,12 +159,12 @@ def test_cli_rejects_bad_options_in_one_line(args: list[str], message: str) -> N
 
 def test_the_floor_times_the_steps_exact_products() -> None:
     spec = ModelSpec()
-    shapes = bench.matmul_shapes(spec, 128)
+    shapes = matmul_shapes(spec, 128)
     assert [s[0] for s in shapes] == ["forward 0", "forward 1", "dW 0", "dW 1", "dx 1"]
     # 98 GFLOP per epoch of 60,000 samples: the figure docs/performance.md derives.
-    per_sample = bench.step_flops(spec, 1)
+    per_sample = step_flops(spec, 1)
     assert per_sample == 2 * (784 * 512 + 512 * 10) * 2 + 2 * 10 * 512
     assert per_sample * 60000 / 1e9 == pytest.approx(98.2, abs=0.1)
-    timed = bench.time_floor(spec, 16, 3)
+    timed = time_floor(spec, 16, 3)
     assert len(timed.step_seconds) == 3 and min(timed.step_seconds) > 0
     assert np.isfinite(timed.step_seconds).all()

@@ -109,7 +109,7 @@ def test_bench_on_gpu_without_a_gpu_is_one_line(prepared_mnist: Path) -> None:
         "--no-probe",
         "--batch-sizes",
         "128",
-        "--workers",
+        "--num-workers",
         "1",
         "--data-dir",
         str(prepared_mnist),

@@ -130,24 +130,24 @@ def test_unreachable_cluster_address_fails_fast(closed_port: int) -> None:
 
 
 def test_token_precedence_follows_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from dtrain.service.jobs import client as jobs
+    from dtrain.service.jobs.endpoint import find_token
 
     for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert jobs.find_token() == (None, "no token")
+    assert find_token() == (None, "no token")
     default = tmp_path / ".ray" / "auth_token"
     default.parent.mkdir()
     default.write_text("from-home\n")
-    assert jobs.find_token() == ("from-home", str(default))
+    assert find_token() == ("from-home", str(default))
     path = tmp_path / "token"
     path.write_text("  from-path \n")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
-    assert jobs.find_token() == ("from-path", f"$RAY_AUTH_TOKEN_PATH ({path})")
+    assert find_token() == ("from-path", f"$RAY_AUTH_TOKEN_PATH ({path})")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
-    assert jobs.find_token() == ("from-env", "$RAY_AUTH_TOKEN")
+    assert find_token() == ("from-env", "$RAY_AUTH_TOKEN")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    assert jobs.find_token() == (None, "RAY_AUTH_MODE=disabled")
+    assert find_token() == (None, "RAY_AUTH_MODE=disabled")
 
 
 @pytest.mark.parametrize("content", [None, ""])
@@ -248,9 +248,9 @@ def test_job_file_holds_train_options_only(tmp_path: Path, key: str) -> None:
 
 
 def test_staged_working_dir_holds_what_a_job_needs_only(tmp_path: Path) -> None:
-    from dtrain.service.jobs import client as jobs
+    from dtrain.service.jobs.staging import stage_working_dir
 
-    staged = jobs.stage_working_dir(tmp_path / "wd")
+    staged = stage_working_dir(tmp_path / "wd")
     assert {p.name for p in staged.iterdir()} == {"dtrain"}
     assert {p.name for p in (staged / "dtrain").iterdir()} == {"service", "workers", "cli", "data"}
     assert (staged / "dtrain" / "cli" / "main.py").is_file()
@@ -266,17 +266,18 @@ def test_staged_working_dir_holds_what_a_job_needs_only(tmp_path: Path) -> None:
 
 
 def test_submission_ids_are_readable_and_unique() -> None:
-    from dtrain.service.jobs import client as jobs
+    from dtrain.service.jobs.client import new_submission_id
 
-    ids = {jobs.new_submission_id() for _ in range(50)}
+    ids = {new_submission_id() for _ in range(50)}
     assert len(ids) == 50
     assert all(re.fullmatch(r"dtrain-\d{8}-\d{6}-[0-9a-f]{4}", i) for i in ids)
 
 
 def test_human_output() -> None:
-    from dtrain.service.jobs import client as jobs
+    from dtrain.service.jobs.format import format_record, format_table
+    from dtrain.service.jobs.record import JobRecord
 
-    done = jobs.JobRecord(
+    done = JobRecord(
         submission_id="dtrain-1",
         status="FAILED",
         entrypoint="python -m dtrain.cli.main train " + "--epochs 1 " * 20,
@@ -285,15 +286,15 @@ def test_human_output() -> None:
         end_time=1_000_075.0,
         driver_exit_code=1,
     )
-    header, row = jobs.format_table([done]).splitlines()
+    header, row = format_table([done]).splitlines()
     assert header.split()[:2] == ["JOB", "ID"]
     assert row.split()[:2] == ["dtrain-1", "FAILED"] and "1m15s" in row and row.endswith("...")
-    status = jobs.format_record(done)
+    status = format_record(done)
     assert status.splitlines()[0] == "dtrain-1: FAILED"
     # A multi-line message is shown by its first line; `jobs logs` has the rest.
     assert "message     Job entrypoint command failed with exit code 1" in status
     assert "Error: x" not in status
-    assert jobs.format_table([]) == "no jobs"
+    assert format_table([]) == "no jobs"
     assert done.to_dict()["duration_seconds"] == 75.0
 
 

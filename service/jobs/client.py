@@ -2,16 +2,7 @@
 
 ``JobsClient`` wraps ``ray.job_submission.JobSubmissionClient`` so that every failure a user can
 cause (a wrong or unreachable address, a missing or wrong token, an unknown job id) is one
-``DtrainError`` line, and so that the token and the address are found the same way every time:
-
-- address: ``--address``, else ``$RAY_API_SERVER_ADDRESS``, else ``$RAY_ADDRESS``, else
-  ``http://127.0.0.1:8265``. An ``http(s)://`` address is the Jobs API itself; a bare
-  ``HOST:PORT`` (or ``auto``) is a cluster (GCS) address whose dashboard Ray looks up, as
-  ``ray job`` does.
-- token: ``$RAY_AUTH_TOKEN``, else the file ``$RAY_AUTH_TOKEN_PATH``, else ``~/.ray/auth_token``
-  (Ray's own order), sent as ``Authorization: Bearer`` unless ``RAY_AUTH_MODE=disabled``. It is
-  never put into the job's runtime environment, which the dashboard shows to anyone who can list
-  jobs; the job's own driver gets it from the node it runs on.
+``DtrainError`` line; ``endpoint`` finds the address and the token it connects with.
 """
 
 from __future__ import annotations
@@ -20,138 +11,32 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import os
 import secrets
-import shutil
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dtrain.service import __version__
 from dtrain.service.errors import DtrainError
+from dtrain.service.jobs.endpoint import (
+    find_token,
+    probe,
+    resolve_address,
+    without_address_variables,
+)
+from dtrain.service.jobs.record import TERMINAL, JobRecord
 
-DEFAULT_ADDRESS = "http://127.0.0.1:8265"
-ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
-# A plain TCP connect answers in seconds where requests would wait for the OS's connect timeout.
-PROBE_TIMEOUT_SECONDS = 5.0
 # How long a stop may take to show: Ray signals the driver, waits 3 s, then kills it.
 STOP_TIMEOUT_SECONDS = 30.0
 # A job still PENDING this long after its stop request is one Ray will not stop by itself.
 PENDING_STOP_GRACE_SECONDS = 3.0
-# What a submitted job needs: the three packages and the embedded MNIST. Nothing else of the
-# checkout (.venv, .git, runs/, tests/, docs/, caches) is uploaded.
-PACKAGES = ("dtrain.service", "dtrain.workers", "dtrain.cli")
 METADATA_KEY = "dtrain_version"
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """What ``jobs list`` and ``jobs status`` show of one submitted job."""
-
-    submission_id: str
-    status: str
-    entrypoint: str
-    message: str = ""
-    start_time: float | None = None  # seconds since the epoch (Ray reports milliseconds)
-    end_time: float | None = None
-    driver_exit_code: int | None = None
-    error_type: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def duration_seconds(self) -> float | None:
-        if self.start_time is None:
-            return None
-        return (self.end_time or time.time()) - self.start_time
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["duration_seconds"] = self.duration_seconds
-        return d
-
-    @classmethod
-    def from_details(cls, job: Any) -> JobRecord:
-        def seconds(ms: int | None) -> float | None:
-            return None if not ms else ms / 1000.0
-
-        return cls(
-            submission_id=str(job.submission_id),
-            status=str(job.status),
-            entrypoint=job.entrypoint,
-            message=job.message or "",
-            start_time=seconds(job.start_time),
-            end_time=seconds(job.end_time),
-            driver_exit_code=getattr(job, "driver_exit_code", None),
-            error_type=str(job.error_type) if job.error_type else None,
-            metadata=dict(job.metadata or {}),
-        )
-
-
-def resolve_address(address: str | None) -> tuple[str, str]:
-    """The Jobs API address and where it came from (for messages)."""
-    if address:
-        return address.rstrip("/"), "--address"
-    for var in ADDRESS_VARIABLES:
-        value = os.environ.get(var, "").strip()
-        if value:
-            return value.rstrip("/"), f"${var}"
-    return DEFAULT_ADDRESS, "the default"
-
-
-def find_token() -> tuple[str | None, str]:
-    """Ray's token and where it came from, in Ray's own order of precedence."""
-    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
-        return None, "RAY_AUTH_MODE=disabled"
-    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
-    if token:
-        return token, "$RAY_AUTH_TOKEN"
-    path_text = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
-    if path_text:
-        # Ray treats an unreadable token path as fatal rather than falling back; so do we.
-        path = Path(path_text).expanduser()
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise DtrainError(
-                f"cannot read the token file $RAY_AUTH_TOKEN_PATH ({path}): {e.strerror or e}"
-            ) from e
-        if not token:
-            raise DtrainError(f"the token file $RAY_AUTH_TOKEN_PATH ({path}) is empty")
-        return token, f"$RAY_AUTH_TOKEN_PATH ({path})"
-    default = Path.home() / ".ray" / "auth_token"
-    with contextlib.suppress(OSError, UnicodeDecodeError):
-        token = default.read_text(encoding="utf-8").strip()
-        if token:
-            return token, str(default)
-    return None, "no token"
 
 
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0].strip() if text else type(e).__name__
-
-
-def probe(host: str, port: int, what: str) -> None:
-    try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS).close()
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise DtrainError(f"cannot reach {what}: {reason}") from e
-
-
-@contextlib.contextmanager
-def _without_address_variables() -> Iterator[None]:
-    """Hide $RAY_ADDRESS and friends: JobSubmissionClient lets them override its argument."""
-    saved = {var: os.environ.pop(var) for var in ADDRESS_VARIABLES if var in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
 
 
 def _quiet_ray_loggers() -> None:
@@ -177,7 +62,7 @@ class JobsClient:
         _quiet_ray_loggers()  # after the import, which sets the SDK's logger to INFO
 
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-        with self._errors("connecting"), _without_address_variables():
+        with self._errors("connecting"), without_address_variables():
             self._client = JobSubmissionClient(self.url, headers=headers)
 
     def _api_url(self, raw: str, origin: str) -> str:
@@ -209,7 +94,7 @@ class JobsClient:
         from ray.dashboard.utils import get_address_for_submission_client
 
         finding = f"finding the Jobs API of the Ray cluster at {raw}"
-        with self._errors(finding), _without_address_variables():
+        with self._errors(finding), without_address_variables():
             return str(get_address_for_submission_client(raw)).rstrip("/")
 
     @contextlib.contextmanager
@@ -383,75 +268,3 @@ def new_submission_id() -> str:
     """Readable and sortable: ``dtrain-20261123-084500-1a2b``."""
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     return f"dtrain-{stamp}-{secrets.token_hex(2)}"
-
-
-def stage_working_dir(dest: Path) -> Path:
-    """Copy what a job needs into ``dest``: the packages and the embedded MNIST.
-
-    Copied from wherever they are imported from, so a pip-installed dtrain submits the same
-    way as a checkout, and nothing else of the checkout travels (Ray caps uploads at 500 MiB).
-    """
-    import importlib
-
-    from dtrain.service.data.dataset import EMBEDDED_DIR
-
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in PACKAGES:
-        src = Path(importlib.import_module(name).__file__ or "").parent
-        # dtrain.service -> dest/dtrain/service: the entrypoint imports them from the job's cwd.
-        shutil.copytree(src, dest.joinpath(*name.split(".")), ignore=ignore)
-    if EMBEDDED_DIR.is_dir():
-        # Where EMBEDDED_DIR resolves from the staged dtrain/service/data/dataset.py.
-        shutil.copytree(EMBEDDED_DIR, dest / "dtrain" / "data" / "mnist", ignore=ignore)
-    return dest
-
-
-# --- formatting ---------------------------------------------------------------------------
-
-
-def _when(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    s = round(seconds)
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-def format_table(records: list[JobRecord], width: int = 60) -> str:
-    """``jobs list`` for people: one line per job, the entrypoint cut to ``width``."""
-    if not records:
-        return "no jobs"
-    rows = [("JOB ID", "STATUS", "SUBMITTED (UTC)", "TIME", "ENTRYPOINT")]
-    for r in records:
-        entry = r.entrypoint if len(r.entrypoint) <= width else r.entrypoint[: width - 3] + "..."
-        rows.append(
-            (r.submission_id, r.status, _when(r.start_time), _duration(r.duration_seconds), entry)
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join(
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
-        for row in rows
-    )
-
-
-def format_record(r: JobRecord) -> str:
-    """``jobs status`` for people."""
-    lines = [
-        f"{r.submission_id}: {r.status}",
-        f"  submitted   {_when(r.start_time)} UTC",
-        f"  ended       {_when(r.end_time)}" + (" UTC" if r.end_time else ""),
-        f"  time        {_duration(r.duration_seconds)}",
-        f"  entrypoint  {r.entrypoint}",
-    ]
-    if r.message:
-        lines.append(f"  message     {first_line(Exception(r.message))}")
-    if r.driver_exit_code is not None:
-        lines.append(f"  exit code   {r.driver_exit_code}")
-    for key, value in sorted(r.metadata.items()):
-        lines.append(f"  {key:<11} {value}")
-    return "\n".join(lines)

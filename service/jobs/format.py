@@ -1,0 +1,56 @@
+"""``jobs list`` and ``jobs status`` for people."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from dtrain.service.jobs.client import first_line
+from dtrain.service.jobs.record import JobRecord
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = round(seconds)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def format_table(records: list[JobRecord], width: int = 60) -> str:
+    """``jobs list`` for people: one line per job, the entrypoint cut to ``width``."""
+    if not records:
+        return "no jobs"
+    rows = [("JOB ID", "STATUS", "SUBMITTED (UTC)", "TIME", "ENTRYPOINT")]
+    for r in records:
+        entry = r.entrypoint if len(r.entrypoint) <= width else r.entrypoint[: width - 3] + "..."
+        rows.append(
+            (r.submission_id, r.status, _when(r.start_time), _duration(r.duration_seconds), entry)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join(
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4]
+        for row in rows
+    )
+
+
+def format_record(r: JobRecord) -> str:
+    """``jobs status`` for people."""
+    lines = [
+        f"{r.submission_id}: {r.status}",
+        f"  submitted   {_when(r.start_time)} UTC",
+        f"  ended       {_when(r.end_time)}" + (" UTC" if r.end_time else ""),
+        f"  time        {_duration(r.duration_seconds)}",
+        f"  entrypoint  {r.entrypoint}",
+    ]
+    if r.message:
+        lines.append(f"  message     {first_line(Exception(r.message))}")
+    if r.driver_exit_code is not None:
+        lines.append(f"  exit code   {r.driver_exit_code}")
+    for key, value in sorted(r.metadata.items()):
+        lines.append(f"  {key:<11} {value}")
+    return "\n".join(lines)

@@ -1,0 +1,91 @@
+"""What one ``dtrain bench`` run measures: batch sizes, worker counts, steps, the model."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dtrain.service.ps.optim import OptimizerConfig
+from dtrain.workers.model import ModelSpec
+
+# Steady-state defaults: the first steps pay for Ray's actor start, first-touch page faults
+# and BLAS warm-up.
+DEFAULT_WARMUP_STEPS = 20
+QUICK_STEPS = 8
+QUICK_WARMUP_STEPS = 2
+# Steps of the zero-compute probe (fake workers); it needs fewer than training to settle.
+# The simulation (--simulate, benchmarks/simulate.py) runs as many steps.
+PROBE_STEPS = 60
+QUICK_PROBE_STEPS = 5
+# The probe and the simulation have no BLAS or first-touch cost to wait out: a few steps do.
+PROBE_WARMUP_STEPS = 5
+# Fake worker counts of the simulation: the trend up to 16, or a smoke run.
+SIM_WORKERS = (1, 2, 4, 8, 16)
+QUICK_SIM_WORKERS = (1, 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    data_dir: Path
+    batch_sizes: tuple[int, ...] = (128, 512)
+    workers: tuple[int, ...] = (1, 2)
+    steps: int | None = None  # measured steps per variant; None: one epoch at each batch size
+    warmup_steps: int = DEFAULT_WARMUP_STEPS
+    use_torch: bool | None = None  # None: when torch is importable
+    probe: bool = True
+    probe_steps: int = PROBE_STEPS
+    simulate: bool = False
+    sim_workers: tuple[int, ...] = SIM_WORKERS
+    seed: int = 0
+    # dtrain's step exchange (TrainConfig.exchange); the probe always measures the object store.
+    exchange: str = "auto"
+    # dtrain's workers: "cpu", or "gpu" (CuPy) to compare GPU workers with the CPU loops.
+    device: str = "cpu"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        for name in ("batch_sizes", "workers", "sim_workers"):
+            values = tuple(getattr(self, name))
+            object.__setattr__(self, name, values)
+            if any(v < 1 for v in values):
+                raise ValueError(f"{name} must all be >= 1, got {list(values)}")
+        if not self.batch_sizes:
+            raise ValueError("batch_sizes must name at least one batch size")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for b in self.batch_sizes:
+            for w in self.workers:
+                if b < w:
+                    raise ValueError(f"batch size {b} is smaller than {w} workers")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchConfig:
+        """A smoke run for CI: every variant, a handful of steps (not steady-state numbers)."""
+        kwargs: dict[str, Any] = {
+            "steps": QUICK_STEPS,
+            "warmup_steps": QUICK_WARMUP_STEPS,
+            "probe_steps": QUICK_PROBE_STEPS,
+            "sim_workers": QUICK_SIM_WORKERS,
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_options(cls, *, quick: bool = False, **options: Any) -> BenchConfig:
+        """From ``dtrain bench``'s options: one left unset (None) takes its default, and a
+        ``data_dir`` left unset is the one ``dtrain train`` uses."""
+        from dtrain.service.data.dataset import default_data_dir
+
+        kwargs = {k: v for k, v in options.items() if v is not None}
+        kwargs.setdefault("data_dir", default_data_dir())
+        return cls.quick(**kwargs) if quick else cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["data_dir"] = str(self.data_dir)
+        return d
