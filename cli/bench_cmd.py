@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
-from dtrain.service.errors import DtrainError
+from dtrain.cli.options import data_dir_option, json_option, parse_int_list
+from dtrain.service.train.config import DEVICES, EXCHANGES
 
 
 def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
     """ "128,512" -> (128, 512): positive integers, comma-separated, at least one."""
-    try:
-        counts = tuple(int(part) for part in str(value).split(","))
-    except ValueError:
-        raise click.BadParameter(
-            f"{value!r} is not a comma-separated list of integers", ctx, param
-        ) from None
-    if any(c < 1 for c in counts):
-        raise click.BadParameter(f"every value must be >= 1, got {value!r}", ctx, param)
+    counts = parse_int_list(ctx, param, value)
+    if not counts:
+        raise click.BadParameter("give at least one value", ctx, param)
     return counts
 
 
@@ -94,12 +89,9 @@ sim_workers_option = click.option(
     "aggregation throughput.",
 )
 @sim_workers_option
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Prepared Arrow dataset; the embedded MNIST is prepared there if missing. "
-    "[default: $DTRAIN_DATA_DIR or ~/.cache/dtrain/mnist]",
+@data_dir_option(
+    "Prepared Arrow dataset; the embedded MNIST is prepared there if missing. "
+    "[default: $DTRAIN_DATA_DIR or ~/.cache/dtrain/mnist]"
 )
 @click.option(
     "--seed",
@@ -110,19 +102,20 @@ sim_workers_option = click.option(
 )
 @click.option(
     "--exchange",
-    type=click.Choice(["auto", "shared-memory", "object-store"]),
+    type=click.Choice(EXCHANGES),
     default="auto",
     show_default=True,
     help="dtrain's step exchange, as for `dtrain train` (auto: shared memory on one node).",
 )
 @click.option(
     "--device",
-    type=click.Choice(["cpu", "gpu"]),
+    # auto is train's choice for a cluster it has not seen; a benchmark names its device.
+    type=click.Choice([d for d in DEVICES if d != "auto"]),
     default="cpu",
     show_default=True,
     help="Where dtrain's workers compute (gpu: CuPy, one GPU per worker); the loops stay on CPU.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the whole report as one JSON object.")
+@json_option("the whole report")
 def bench(quick: bool, as_json: bool, **options: Any) -> None:
     """Time dtrain against the sgemm floor, a plain NumPy loop and PyTorch, in one run.
 
@@ -137,10 +130,7 @@ def bench(quick: bool, as_json: bool, **options: Any) -> None:
         config = BenchConfig.from_options(quick=quick, **options)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
-    try:
-        report = b.run_bench(config, progress=b.default_progress)
-    except DtrainError as e:
-        raise click.ClickException(str(e)) from e
+    report = b.run_bench(config, progress=b.default_progress)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

@@ -123,7 +123,7 @@ def parse_int_list(ctx: click.Context, param: click.Parameter, value: Any) -> tu
             f"{value!r} is not a comma-separated list of integers", ctx, param
         ) from None
     if any(s < 1 for s in sizes):
-        raise click.BadParameter(f"every hidden size must be >= 1, got {value!r}", ctx, param)
+        raise click.BadParameter(f"every value must be >= 1, got {value!r}", ctx, param)
     return sizes
 
 
