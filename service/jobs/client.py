@@ -21,11 +21,11 @@ from dtrain.service import __version__
 from dtrain.service.errors import DtrainError
 from dtrain.service.jobs.endpoint import (
     find_token,
-    probe,
     resolve_address,
     without_address_variables,
 )
 from dtrain.service.jobs.record import TERMINAL, JobRecord
+from dtrain.service.net import probe
 
 # How long a stop may take to show: Ray signals the driver, waits 3 s, then kills it.
 STOP_TIMEOUT_SECONDS = 30.0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from dtrain.service.errors import DtrainError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
-# A plain TCP connect answers in seconds where requests would wait for the OS's connect timeout.
-PROBE_TIMEOUT_SECONDS = 5.0
 
 
 def resolve_address(address: str | None) -> tuple[str, str]:
@@ -63,14 +60,6 @@ def find_token() -> tuple[str | None, str]:
         if token:
             return token, str(default)
     return None, "no token"
-
-
-def probe(host: str, port: int, what: str) -> None:
-    try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS).close()
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise DtrainError(f"cannot reach {what}: {reason}") from e
 
 
 @contextlib.contextmanager

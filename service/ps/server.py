@@ -43,6 +43,12 @@ def norm(v: np.ndarray) -> float:
     return float(np.sqrt(np.dot(v, v)))
 
 
+def check_params(spec: ModelSpec, params: np.ndarray) -> None:
+    """The server's weights are one flat float32 vector of the model's size, nothing else."""
+    if params.shape != (spec.num_params,) or params.dtype != np.float32:
+        raise ValueError(f"params must be float32 of shape ({spec.num_params},)")
+
+
 class ServerCore:
     def __init__(
         self,
@@ -57,8 +63,7 @@ class ServerCore:
         staleness: int = 0,
         history: np.ndarray | None = None,
     ) -> None:
-        if params.shape != (spec.num_params,) or params.dtype != np.float32:
-            raise ValueError(f"params must be float32 of shape ({spec.num_params},)")
+        check_params(spec, params)
         self.spec = spec
         # Own, writable weights: a copy, or the shared-memory buffer the workers read.
         if buffer is None:

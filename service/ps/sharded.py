@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
-from dtrain.service.ps.server import ServerStats
+from dtrain.service.ps.server import ServerStats, check_params
 from dtrain.service.train.plan import split_evenly
 from dtrain.workers.core import GradStats
 from dtrain.workers.model import ModelSpec
@@ -193,8 +193,7 @@ class ShardedServerCore:
         total_steps: int,
         num_shards: int,
     ) -> None:
-        if params.shape != (spec.num_params,) or params.dtype != np.float32:
-            raise ValueError(f"params must be float32 of shape ({spec.num_params},)")
+        check_params(spec, params)
         self.spec = spec
         self.bounds = shard_bounds(spec.num_params, num_shards)
         self.shards = [

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import ray
 from dtrain.service.errors import DtrainError, first_line
+from dtrain.service.net import probe
 from dtrain.service.train.config import TrainConfig
-
-# ray.init retries an unreachable GCS for minutes; a plain TCP connect answers in seconds.
-PROBE_TIMEOUT_SECONDS = 5.0
 
 
 def resolve_address(address: str | None) -> str:
@@ -59,15 +56,6 @@ def probe_address(address: str) -> None:
     if not sep or not port.isdigit():
         raise DtrainError(f"bad Ray address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:6379")
     probe(host, int(port), f"the Ray cluster at {address}")
-
-
-def probe(host: str, port: int, what: str) -> None:
-    """One TCP connect within ``PROBE_TIMEOUT_SECONDS``: the cheap answer to "is anyone there"."""
-    try:
-        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_SECONDS).close()
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise DtrainError(f"cannot reach {what}: {reason}") from e
 
 
 def check_resources(config: TrainConfig) -> None:
