@@ -22,7 +22,7 @@ from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepSt
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dtrain-dashboard.json"
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 

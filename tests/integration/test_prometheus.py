@@ -24,7 +24,7 @@ from dtrain.service.train.trainer import Trainer
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The run: 300 steps of batch 128 (the first epoch has 469), a checkpoint every 100.
 STEPS, BATCH = 300, 128
 # Scraped every second, the endpoint's grace gives Prometheus >= 2 scrapes of the final values.

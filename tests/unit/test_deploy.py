@@ -23,7 +23,7 @@ from dtrain.cli.main import train
 from packaging.requirements import Requirement
 from ray.scripts.scripts import start as ray_start
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 RAY_SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
 
