@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from dtrain.service import __version__
@@ -284,7 +284,7 @@ def import_torch() -> ModuleType | None:
         import torch
     except ImportError:
         return None
-    return torch
+    return cast(ModuleType, torch)
 
 
 def torch_loop(
@@ -660,7 +660,7 @@ def run_probe(spec: ModelSpec, workers: int, steps: int, warmup: int) -> Probe:
             ray.kill(f)
 
     def rest(s: Any) -> float:
-        return s.step_seconds - s.aggregate_seconds - s.update_seconds
+        return cast(float, s.step_seconds - s.aggregate_seconds - s.update_seconds)
 
     return Probe(
         workers=workers,
