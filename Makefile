@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: train test test-gpu lint typecheck format system-deps bench clean
+.PHONY: train test test-unit test-gpu lint typecheck format system-deps bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(BIN)/.installed system-deps  ## lint and types, then the whole suite on 
 	$(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory typecheck
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# tests/unit only: no Ray, well under a minute (a few tests run promtool, hence system-deps).
+test-unit: $(BIN)/.installed system-deps
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
 # On a machine with an NVIDIA GPU (CUDA 12): the tests deselected by default.
 test-gpu: $(BIN)/.installed
