@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import click
+
 from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import json_option
 from dtrain.service.data import dataset

@@ -6,6 +6,7 @@ import sys
 from typing import Any
 
 import click
+
 from dtrain.service.errors import DtrainError
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import build_config, json_option
 from dtrain.cli.train_cmd import train
@@ -133,6 +134,7 @@ for param in _forwarded:
 @click.pass_context
 def submit(
     ctx: click.Context,
+    /,
     address: str | None,
     wait: bool,
     entrypoint_num_cpus: float | None,

@@ -5,6 +5,7 @@ call into ``dtrain.service``; the group turns every user error into one line (Fl
 from __future__ import annotations
 
 import click
+
 from dtrain.cli.bench_cmd import bench
 from dtrain.cli.data_cmds import data
 from dtrain.cli.group import DtrainGroup
