@@ -15,34 +15,32 @@ from dtrain.service.errors import DtrainError
 
 @click.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
-@data_dir_option("Prepared dataset whose test split is evaluated. [default: as for train]")
+@data_dir_option(
+    "Prepared dataset whose test split is evaluated. [default: the checkpoint's run's own "
+    "(config.json beside it), else as for train]"
+)
 @json_option("one object")
 def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> None:
     """Test loss and accuracy of a checkpoint."""
-    from dtrain.service.data import dataset
     from dtrain.service.train import checkpoint
+    from dtrain.service.train.runinfo import check_input_size, scoring_data
     from dtrain.workers.model import Network
     from dtrain.workers.shards import ShardError, read_rows, to_float
 
     ckpt = checkpoint.load(checkpoint_path)
-    data_dir = data_dir or dataset.default_data_dir()
-    manifest = dataset.ensure_prepared(data_dir)
-    n = int(manifest["splits"]["test"]["num_samples"])
+    found = scoring_data(checkpoint_path, ckpt.spec, data_dir)
+    n = int(found.manifest["splits"]["test"]["num_samples"])
     try:
-        x, y = read_rows(data_dir, manifest, "test", 0, n)
+        x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
     except ShardError as e:
         raise DtrainError(str(e)) from e
-    check_input_size(ckpt.spec.input_size, x.shape[1])
+    check_input_size(ckpt.spec, x.shape[1], found.data_dir, found.origin)
+    click.echo(f"dtrain: test split of {found.data_dir} ({found.origin})", err=True)
     loss, acc = Network(ckpt.spec).evaluate(ckpt.params, to_float(x), y.astype(np.int64))
     if as_json:
         click.echo(json.dumps({"test_accuracy": acc, "test_loss": loss, "num_samples": n}))
     else:
         click.echo(f"test accuracy {acc:.4f}  loss {loss:.4f}  ({n} samples)")
-
-
-def check_input_size(expected: int, got: int) -> None:
-    if expected != got:
-        raise DtrainError(f"the checkpoint expects {expected} inputs per image, the data has {got}")
 
 
 @click.command()
@@ -54,7 +52,10 @@ def check_input_size(expected: int, got: int) -> None:
     default=None,
     help="Predict the first N images of the prepared test set (shows the true label).",
 )
-@data_dir_option("Prepared dataset for --test-samples. [default: as for train]")
+@data_dir_option(
+    "Prepared dataset for --test-samples. [default: the checkpoint's run's own (config.json "
+    "beside it), else as for train]"
+)
 @json_option("one object per image")
 def predict(
     checkpoint_path: Path,
@@ -64,9 +65,9 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict digits for images in INPUTS (.npy, .npz or IDX files of 28x28 uint8 images)."""
-    from dtrain.service.data import dataset
     from dtrain.service.data.images import load_images
     from dtrain.service.train import checkpoint
+    from dtrain.service.train.runinfo import check_input_size, scoring_data
     from dtrain.workers.model import Network
     from dtrain.workers.shards import ShardError, read_rows
 
@@ -77,17 +78,18 @@ def predict(
     for path in inputs:
         batches.append((str(path), load_images(path), None))
     if test_samples is not None:
-        data_dir = data_dir or dataset.default_data_dir()
-        manifest = dataset.ensure_prepared(data_dir)
-        n = min(test_samples, int(manifest["splits"]["test"]["num_samples"]))
+        found = scoring_data(checkpoint_path, ckpt.spec, data_dir)
+        n = min(test_samples, int(found.manifest["splits"]["test"]["num_samples"]))
         try:
-            x, y = read_rows(data_dir, manifest, "test", 0, n)
+            x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
         except ShardError as e:
             raise DtrainError(str(e)) from e
+        check_input_size(ckpt.spec, x.shape[1], found.data_dir, found.origin)
+        click.echo(f"dtrain: test split of {found.data_dir} ({found.origin})", err=True)
         batches.append(("test", x, y))
     net = Network(ckpt.spec)
     for source, images, labels in batches:
-        check_input_size(ckpt.spec.input_size, images.shape[1])
+        check_input_size(ckpt.spec, images.shape[1])
         probs = net.predict_proba(ckpt.params, images.astype(np.float32) / np.float32(255))
         for i, row in enumerate(probs):
             digit = int(row.argmax())
