@@ -56,15 +56,25 @@ def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> Non
     "Prepared dataset for --test-samples. [default: the checkpoint's run's own (config.json "
     "beside it), else as for train]"
 )
+@click.option(
+    "--invert/--no-invert",
+    default=None,
+    help="Invert PNG/JPEG pictures (dark ink on light paper) to the training data's light "
+    "strokes on dark. [default: when the picture's border is light]",
+)
 @json_option("one object per image")
 def predict(
     checkpoint_path: Path,
     inputs: tuple[Path, ...],
     test_samples: int | None,
     data_dir: Path | None,
+    invert: bool | None,
     as_json: bool,
 ) -> None:
-    """Predict digits for images in INPUTS (.npy, .npz or IDX files of 28x28 uint8 images)."""
+    """Predict classes for INPUTS: PNG or JPEG pictures (made grayscale and resized to the
+    model's input), or .npy, .npz or IDX files of images (N x 28 x 28, N x 784, one 28 x 28
+    image or one flat row of 784 values, uint8 0..255 or floats 0..1).
+    """
     from dtrain.service.data.images import load_images
     from dtrain.service.train import checkpoint
     from dtrain.service.train.runinfo import check_input_size, scoring_data
@@ -76,7 +86,7 @@ def predict(
     ckpt = checkpoint.load(checkpoint_path)
     batches: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     for path in inputs:
-        batches.append((str(path), load_images(path), None))
+        batches.append((str(path), load_images(path, ckpt.spec.input_size, invert), None))
     if test_samples is not None:
         found = scoring_data(checkpoint_path, ckpt.spec, data_dir)
         n = min(test_samples, int(found.manifest["splits"]["test"]["num_samples"]))

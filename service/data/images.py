@@ -1,32 +1,46 @@
-"""Images for ``dtrain predict``: .npy, .npz or IDX (optionally gzipped), never unpickled."""
+"""Images for ``dtrain predict``: PNG or JPEG pictures, or .npy, .npz or IDX (optionally gzipped)
+arrays, never unpickled."""
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from dtrain.service.data import dataset
+from dtrain.service.data import dataset, pictures
 from dtrain.service.errors import DtrainError
 
 IMAGE_PIXELS = 28 * 28
 
 
-def load_images(path: Path) -> np.ndarray:
-    """Images as uint8 (N, 784); a single 28x28 image becomes N = 1."""
+def load_images(
+    path: Path, input_size: int = IMAGE_PIXELS, invert: bool | None = None
+) -> np.ndarray:
+    """Images as uint8 (N, input_size): a PNG or JPEG picture, or arrays of images. A single
+    image (side x side, or a flat row of input_size values) becomes N = 1.
+    """
     if not path.is_file():
         raise DtrainError(f"{path}: file does not exist")
+    if pictures.picture_format(path) is not None:
+        return pictures.load_picture(path, input_size, invert)
     if path.suffix == ".npy" or zipfile.is_zipfile(path):
         images = _load_numpy(path)
     else:
         data = dataset._read_maybe_gzip(path)
         images = dataset._parse_idx(data, path.name, dataset.IMAGES_MAGIC)
-    if images.ndim == 2 and images.shape == (28, 28):
+    side = math.isqrt(input_size)
+    if images.shape == (input_size,) or (side * side == input_size and images.shape == (side,) * 2):
         images = images[None]
     images = images.reshape(images.shape[0], -1) if images.ndim >= 2 else images
-    if images.ndim != 2 or images.shape[1] != IMAGE_PIXELS:
-        raise DtrainError(f"{path}: images must be 28x28 (or 784 values), got {images.shape}")
+    if images.ndim != 2 or images.shape[1] != input_size:
+        square = (
+            f"{side}x{side} (or {input_size} values)"
+            if side * side == input_size
+            else (f"{input_size} values")
+        )
+        raise DtrainError(f"{path}: images must be {square}, got {images.shape}")
     if images.dtype != np.uint8:
         if not np.isfinite(images).all():
             raise DtrainError(f"{path}: images contain NaN or infinite values")
