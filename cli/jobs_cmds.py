@@ -2,8 +2,8 @@
 
 ``submit`` carries every ``train`` option (copies of the ``train`` command's own parameters, so
 the two cannot drift apart) and forwards the ones the user set, on the command line or in a
-``--config`` job file, into the job's entrypoint: ``python -m dtrain.cli.main train ...`` in the
-uploaded project. The job's command line therefore holds the whole configuration, visible in
+``--config`` job file, into the job's entrypoint: ``python -m dtrain.cli.job_entry train ...``
+in the uploaded project. The job's command line therefore holds the whole configuration, visible in
 ``jobs status`` and ``ray job list``.
 
 ``submit``'s parameters are deep copies of ``train``'s (cli/train_cmd.py), so the two cannot
@@ -32,7 +32,9 @@ ADDRESS_HELP = (
     "HOST:PORT is the cluster's GCS address. [default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
     "else http://127.0.0.1:8265]"
 )
-ENTRYPOINT = ("python", "-m", "dtrain.cli.main", "train")
+# `python` is the one on the PATH of the node's Ray (submit --python names another); job_entry
+# checks it can run dtrain before running `dtrain train`.
+ENTRYPOINT = ("python", "-m", "dtrain.cli.job_entry", "train")
 # The job joins its cluster through the RAY_ADDRESS the Jobs API sets, so train's --address is
 # not forwarded; the job always prints its summary as JSON (the last line of its logs), so
 # submit's own --json is about submit's output.
@@ -64,9 +66,14 @@ def option_words(param: click.Option, value: Any) -> list[str]:
 
 
 def build_entrypoint(
-    ctx: click.Context, forwarded: set[str], submission_id: str, extra: tuple[str, ...] = ()
+    ctx: click.Context,
+    forwarded: set[str],
+    submission_id: str,
+    extra: tuple[str, ...] = (),
+    python: str = "python",
 ) -> str:
-    """``python -m dtrain.cli.main train`` with the options the user set, quoted for the shell.
+    """``python -m dtrain.cli.job_entry train`` with the options the user set, quoted for the
+    shell; ``python`` is the interpreter the node runs it with.
 
     ``forwarded`` names the ``train`` options among ``ctx``'s; ``extra`` (the words after
     ``--``) follow verbatim, unchecked here: the job says what it does not accept.
@@ -77,7 +84,10 @@ def build_entrypoint(
             continue
         if ctx.get_parameter_source(param.name) in FORWARDED_SOURCES:
             words += option_words(param, ctx.params[param.name])
-    line = " ".join(shlex.quote(w) for w in [*ENTRYPOINT, *words, *extra, "--json"])
+    # The summary as JSON is always asked for once, whether or not the words after -- ask too.
+    json_flag = [] if "--json" in extra else ["--json"]
+    command = [python, *ENTRYPOINT[1:]]
+    line = " ".join(shlex.quote(w) for w in [*command, *words, *extra, *json_flag])
     if ctx.params.get("run_dir") is None:
         # Left unquoted on purpose: the head's shell expands it (the id is [a-z0-9-] only).
         line += f' --run-dir "{RUNS_DIR}/{submission_id}"'
@@ -112,6 +122,13 @@ FORWARDED_NAMES = {p.name for p in _forwarded if p.name and p.name != "config"}
 for param in _forwarded:
     if param.name == "config" and param.callback is not None:
         param.callback = _job_file_callback(param.callback, FORWARDED_NAMES)
+    if param.name == "run_dir" and isinstance(param, click.Option):
+        # train's default (runs/<time>-<id> under the working directory) is not a job's.
+        param.help = (
+            "Where the checkpoint, history and summary go, on the node the job's driver runs "
+            "on (the head unless --entrypoint-num-cpus places it elsewhere). "
+            "[default: $DTRAIN_RUNS_DIR/<job id> there, ~/dtrain-runs/<job id> if unset]"
+        )
 
 
 @click.command("submit", epilog="Words after -- go to `dtrain train` in the job unchanged.")
@@ -129,6 +146,14 @@ for param in _forwarded:
     help="CPUs reserved for the job's driver (dtrain train itself) on the cluster. "
     "[default: none reserved]",
 )
+@click.option(
+    "--python",
+    "python",
+    default="python",
+    show_default=True,
+    help="The interpreter that runs the job on the cluster: a path on the node (the venv Ray "
+    "runs from, say) when the first `python` on its Ray's PATH lacks dtrain's dependencies.",
+)
 @json_option("the job id (and with --wait how it ended)")
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -138,6 +163,7 @@ def submit(
     address: str | None,
     wait: bool,
     entrypoint_num_cpus: float | None,
+    python: str,
     as_json: bool,
     train_args: tuple[str, ...],
     **opts: Any,
@@ -157,7 +183,7 @@ def submit(
         raise
     client = JobsClient(address)
     job_id = new_submission_id()
-    entrypoint = build_entrypoint(ctx, FORWARDED_NAMES, job_id, train_args)
+    entrypoint = build_entrypoint(ctx, FORWARDED_NAMES, job_id, train_args, python)
     with tempfile.TemporaryDirectory(prefix="dtrain-job-") as tmp:
         client.submit(
             entrypoint=entrypoint,
@@ -234,7 +260,8 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 @jobs.command("list")
 @_common
 def list_cmd(address: str | None, as_json: bool) -> None:
-    """Jobs submitted to the cluster, oldest first."""
+    """Jobs submitted to the cluster, oldest first, with each dtrain job's run dir and test
+    accuracy (read from its logs)."""
     from dtrain.service.jobs.client import JobsClient
     from dtrain.service.jobs.format import format_table
 
@@ -249,11 +276,12 @@ def list_cmd(address: str | None, as_json: bool) -> None:
 @click.argument("job_id")
 @_common
 def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
-    """One job's status, times, entrypoint and message (exit 0 whatever the status)."""
+    """One job's status, times, entrypoint, run dir, test accuracy and message (exit 0
+    whatever the status)."""
     from dtrain.service.jobs.client import JobsClient
     from dtrain.service.jobs.format import format_record
 
-    record = JobsClient(address).get(job_id)
+    record = JobsClient(address).get(job_id, results=True)
     click.echo(json.dumps(record.to_dict()) if as_json else format_record(record))
 
 

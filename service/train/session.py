@@ -40,7 +40,12 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
         probe_address(target)
     try:
         ray.init(address=target, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError) as e:
+        # OSError: a local Ray that cannot start (socket path too long, /tmp full or read-only);
+        # ConnectionError is one too. Whatever it started before failing is stopped.
+        ray.shutdown()
+        if target == "local":
+            raise DtrainError(f"cannot start a local Ray: {first_line(e)}") from e
         raise DtrainError(f"cannot connect to Ray at {target}: {first_line(e)}") from e
     try:
         yield

@@ -75,7 +75,7 @@ class Trainer:
         except ShardError as e:
             raise DtrainError(str(e)) from e
         test = (to_float(test_x), test_y)
-        info = self._job_info(plan, num_train, int(test_x.shape[0]))
+        info = self._job_info(plan, num_train, int(test_x.shape[0]), total_steps)
         summary: RunSummary | None = None
         error: BaseException | None = None
         try:
@@ -199,7 +199,9 @@ class Trainer:
         )
         return summary
 
-    def _job_info(self, plan: EpochPlan, num_train: int, num_test: int) -> JobInfo:
+    def _job_info(
+        self, plan: EpochPlan, num_train: int, num_test: int, total_steps: int
+    ) -> JobInfo:
         c = self.config
         return JobInfo(
             version=__version__,
@@ -215,6 +217,7 @@ class Trainer:
             num_params=c.model.num_params,
             num_train_samples=num_train,
             num_test_samples=num_test,
+            total_steps=total_steps,
         )
 
     def _emit(self, hook: str, *args: Any) -> None:
