@@ -1,4 +1,5 @@
-"""`dtrain submit` and `dtrain jobs list|status|logs|stop`: training as Ray jobs on a cluster.
+"""`dtrain submit` and `dtrain jobs list|status|logs|stop|fetch`: training as Ray jobs on a
+cluster.
 
 ``submit`` carries every ``train`` option (copies of the ``train`` command's own parameters, so
 the two cannot drift apart) and forwards the ones the user set, on the command line or in a
@@ -324,3 +325,43 @@ def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) ->
         click.echo(json.dumps({**record.to_dict(), "outcome": what}))
     else:
         click.echo(f"{job_id}: {what}")
+
+
+@jobs.command("fetch")
+@click.argument("job_id")
+@click.option("--address", default=None, help=ADDRESS_HELP)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory to create for the run (it must not exist). [default: ./JOB_ID]",
+)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Bring the step checkpoints (checkpoints/) too, not only the final checkpoint, "
+    "config, history and summary.",
+)
+@click.option(
+    "--python",
+    default="python",
+    show_default=True,
+    help="The interpreter (with Ray) that runs the short helper job on the cluster.",
+)
+def fetch_cmd(
+    job_id: str, address: str | None, out: Path | None, everything: bool, python: str
+) -> None:
+    """Copy a job's run directory (checkpoint, config, history, summary) from the cluster.
+
+    A short helper job packs it on the node the job's driver ran on and prints it into its
+    logs, which this reads back through the Jobs API (Ray's Jobs API cannot download files).
+    """
+    from dtrain.service.jobs.client import JobsClient
+
+    dest = out or Path(job_id)
+    remote, names = JobsClient(address).fetch_run(
+        job_id, dest, python=python, everything=everything
+    )
+    click.echo(str(dest))
+    click.echo(f"dtrain: {len(names)} files of {remote} copied into {dest}", err=True)

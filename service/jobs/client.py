@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dtrain.service import __version__
@@ -37,6 +37,11 @@ STOP_TIMEOUT_SECONDS = 30.0
 # A job still PENDING this long after its stop request is one Ray will not stop by itself.
 PENDING_STOP_GRACE_SECONDS = 3.0
 METADATA_KEY = "dtrain_version"
+# Metadata marking dtrain's own helper jobs (stopping a pending job, fetching a run), which
+# `jobs list` leaves out.
+HELPER_KEYS = frozenset({"stops", "fetches"})
+# How long fetching a run may take: a helper job's start plus the archive's trip.
+FETCH_TIMEOUT_SECONDS = 300.0
 
 
 def first_line(e: BaseException) -> str:
@@ -170,7 +175,7 @@ class JobsClient:
             # helpers that stop pending jobs are bookkeeping.
             if getattr(j.type, "value", j.type) == "SUBMISSION"
             and j.submission_id
-            and "stops" not in (j.metadata or {})
+            and not HELPER_KEYS & set(j.metadata or {})
         ]
         records = [self._with_results(r) for r in records]
         return sorted(records, key=lambda r: (r.start_time or 0.0, r.submission_id))
@@ -265,6 +270,50 @@ class JobsClient:
                 f"job {job_id} is still {record.status} {timeout:g}s after the stop request"
             )
         return record, "stopped"
+
+    def fetch_run(
+        self,
+        job_id: str,
+        dest: Path,
+        *,
+        python: str = "python",
+        everything: bool = False,
+        timeout: float = FETCH_TIMEOUT_SECONDS,
+    ) -> tuple[str, Sequence[str]]:
+        """Copy job ``job_id``'s run directory into ``dest``: (its path there, names copied).
+
+        See service/jobs/fetch.py: a helper job packs it on the driver's node and prints it.
+        """
+        from dtrain.service.jobs import fetch
+
+        record = self.get(job_id, results=True)
+        if record.run_dir is None:
+            when = "ended" if record.status in TERMINAL else "is still"
+            raise DtrainError(
+                f"job {job_id} names no run directory in its logs: it {when} "
+                f"{record.status} before training started"
+            )
+        if dest.exists():
+            raise DtrainError(f"{dest} already exists: give --out a new directory")
+        with self._errors(f"reading job {job_id}", job_id):
+            node_id = self._client.get_job_info(job_id).driver_node_id
+        helper = f"{job_id}-fetch-{secrets.token_hex(2)}"
+        with self._errors(f"fetching the run of job {job_id}", job_id):
+            self._client.submit_job(
+                entrypoint=fetch.helper_command(python, record.run_dir, node_id, everything),
+                submission_id=helper,
+                metadata={METADATA_KEY: __version__, "fetches": job_id},
+            )
+        done = self.wait(helper, timeout=timeout)
+        if done.status not in TERMINAL:
+            with contextlib.suppress(DtrainError):
+                self.stop(helper, timeout=STOP_TIMEOUT_SECONDS)
+            raise DtrainError(
+                f"fetching the run of job {job_id}: the helper job {helper} was still "
+                f"{done.status} after {timeout:g}s"
+            )
+        data = fetch.archive_from_logs(self.logs(helper), job_id)
+        return record.run_dir, fetch.unpack(data, dest)
 
     def _remove_supervisor(self, job_id: str, timeout: float) -> None:
         from ray.dashboard.modules.job.common import (
