@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from dtrain.cli.main import cli
 from dtrain.service.data import dataset
 from dtrain.service.train import checkpoint
+from dtrain.service.train.config import TrainConfig
 from dtrain.workers.model import ModelSpec, init_params
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
@@ -195,6 +196,34 @@ def port_in_use(ws: Path) -> list[str]:
     sock.listen()
     HELD.append(sock)
     return train_args(ws / "data", ws, "--metrics-port", str(sock.getsockname()[1]))
+
+
+def run_on_data(ws: Path, data: Path, spec: ModelSpec = SPEC) -> Path:
+    """A run directory (checkpoint.npz, config.json naming ``data``); its checkpoint."""
+    run = ws / "old-run"
+    path = run / "checkpoint.npz"
+    checkpoint.save(path, checkpoint.Checkpoint(spec=spec, params=init_params(spec, 0)))
+    config = TrainConfig(data_dir=data, run_dir=run, model=spec)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
+    return path
+
+
+def truncated_png(ws: Path) -> list[str]:
+    from PIL import Image
+
+    path = ws / "digit.png"
+    # Random pixels: the cut falls inside the image data (a blank image fits in 60 bytes).
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
+
+
+def silent_port(ws: Path) -> list[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    HELD.append(sock)
+    return ["jobs", "list", "--address", f"127.0.0.1:{sock.getsockname()[1]}"]
 
 
 @dataclass(frozen=True)
@@ -456,6 +485,38 @@ CASES = [
         1,
         "bad Ray address",
         process=True,
+    ),
+    Case(
+        "evaluate-run-data-missing",
+        "checkpoint",
+        "`evaluate` of a checkpoint whose run's data dir is gone",
+        lambda ws: ["evaluate", str(run_on_data(ws, ws / "gone"))],
+        1,
+        "does not exist: give --data-dir",
+    ),
+    Case(
+        "evaluate-input-size",
+        "checkpoint",
+        "`evaluate` of an 8x8 model whose run names 28x28 data",
+        lambda ws: ["evaluate", str(run_on_data(ws, prepared(ws), ModelSpec(input_size=64)))],
+        1,
+        "takes 64 inputs per sample",
+    ),
+    Case(
+        "predict-truncated-png",
+        "checkpoint",
+        "`predict` of a PNG cut short",
+        truncated_png,
+        1,
+        "unreadable picture",
+    ),
+    Case(
+        "jobs-address-not-ray",
+        "cluster",
+        "`jobs list --address HOST:PORT` where nothing Ray answers",
+        silent_port,
+        1,
+        "is not a Ray port",
     ),
 ]
 
