@@ -358,10 +358,11 @@ def fetch_cmd(
     logs, which this reads back through the Jobs API (Ray's Jobs API cannot download files).
     """
     from dtrain.service.jobs.client import JobsClient
+    from dtrain.service.jobs.fetch import fetch_run
 
     dest = out or Path(job_id)
-    remote, names = JobsClient(address).fetch_run(
-        job_id, dest, python=python, everything=everything
+    remote, names = fetch_run(
+        JobsClient(address), job_id, dest, python=python, everything=everything
     )
     click.echo(str(dest))
     click.echo(f"dtrain: {len(names)} files of {remote} copied into {dest}", err=True)

@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dtrain.service import __version__
@@ -40,8 +40,6 @@ METADATA_KEY = "dtrain_version"
 # Metadata marking dtrain's own helper jobs (stopping a pending job, fetching a run), which
 # `jobs list` leaves out.
 HELPER_KEYS = frozenset({"stops", "fetches"})
-# How long fetching a run may take: a helper job's start plus the archive's trip.
-FETCH_TIMEOUT_SECONDS = 300.0
 
 
 def first_line(e: BaseException) -> str:
@@ -271,49 +269,36 @@ class JobsClient:
             )
         return record, "stopped"
 
-    def fetch_run(
-        self,
-        job_id: str,
-        dest: Path,
-        *,
-        python: str = "python",
-        everything: bool = False,
-        timeout: float = FETCH_TIMEOUT_SECONDS,
-    ) -> tuple[str, Sequence[str]]:
-        """Copy job ``job_id``'s run directory into ``dest``: (its path there, names copied).
+    def run_helper(
+        self, entrypoint: str, for_job: str, purpose: str, timeout: float
+    ) -> tuple[str, JobRecord]:
+        """Run one of dtrain's helper jobs for ``for_job`` to its end: (its id, its record).
 
-        See service/jobs/fetch.py: a helper job packs it on the driver's node and prints it.
+        ``purpose`` is its metadata key (one of ``HELPER_KEYS``), so ``list`` leaves it out. A
+        helper still running after ``timeout`` seconds is stopped and is an error.
         """
-        from dtrain.service.jobs import fetch
-
-        record = self.get(job_id, results=True)
-        if record.run_dir is None:
-            when = "ended" if record.status in TERMINAL else "is still"
-            raise DtrainError(
-                f"job {job_id} names no run directory in its logs: it {when} "
-                f"{record.status} before training started"
-            )
-        if dest.exists():
-            raise DtrainError(f"{dest} already exists: give --out a new directory")
-        with self._errors(f"reading job {job_id}", job_id):
-            node_id = self._client.get_job_info(job_id).driver_node_id
-        helper = f"{job_id}-fetch-{secrets.token_hex(2)}"
-        with self._errors(f"fetching the run of job {job_id}", job_id):
+        helper = f"{for_job}-{purpose}-{secrets.token_hex(2)}"
+        with self._errors(f"starting a helper job for job {for_job}", for_job):
             self._client.submit_job(
-                entrypoint=fetch.helper_command(python, record.run_dir, node_id, everything),
+                entrypoint=entrypoint,
                 submission_id=helper,
-                metadata={METADATA_KEY: __version__, "fetches": job_id},
+                metadata={METADATA_KEY: __version__, purpose: for_job},
             )
-        done = self.wait(helper, timeout=timeout)
-        if done.status not in TERMINAL:
+        record = self.wait(helper, timeout=timeout)
+        if record.status not in TERMINAL:
             with contextlib.suppress(DtrainError):
                 self.stop(helper, timeout=STOP_TIMEOUT_SECONDS)
             raise DtrainError(
-                f"fetching the run of job {job_id}: the helper job {helper} was still "
-                f"{done.status} after {timeout:g}s"
+                f"the helper job {helper} for job {for_job} was still {record.status} after "
+                f"{timeout:g}s"
             )
-        data = fetch.archive_from_logs(self.logs(helper), job_id)
-        return record.run_dir, fetch.unpack(data, dest)
+        return helper, record
+
+    def driver_node(self, job_id: str) -> str | None:
+        """The id of the node the job's driver runs (or ran) on, if Ray says."""
+        with self._errors(f"reading job {job_id}", job_id):
+            node = self._client.get_job_info(job_id).driver_node_id
+        return str(node) if node else None
 
     def _remove_supervisor(self, job_id: str, timeout: float) -> None:
         from ray.dashboard.modules.job.common import (

@@ -26,7 +26,11 @@ import tempfile
 from pathlib import Path
 
 from dtrain.service.errors import DtrainError
+from dtrain.service.jobs.client import JobsClient
+from dtrain.service.jobs.record import TERMINAL
 
+# How long fetching a run may take: a helper job's start plus the archive's trip.
+FETCH_TIMEOUT_SECONDS = 300.0
 # The markers archive_lines prints around the archive (spelled out there: it is shipped alone).
 BEGIN = "dtrain-fetch-begin"
 END = "dtrain-fetch-end"
@@ -141,3 +145,27 @@ def unpack(data: bytes, dest: Path) -> list[str]:
         shutil.rmtree(tmp, ignore_errors=True)
         raise DtrainError(f"cannot unpack the run into {dest}: {e}") from e
     return names
+
+
+def fetch_run(
+    client: JobsClient,
+    job_id: str,
+    dest: Path,
+    *,
+    python: str = "python",
+    everything: bool = False,
+    timeout: float = FETCH_TIMEOUT_SECONDS,
+) -> tuple[str, list[str]]:
+    """Copy job ``job_id``'s run directory into ``dest``: (its path on the node, names copied)."""
+    record = client.get(job_id, results=True)
+    if record.run_dir is None:
+        when = "ended" if record.status in TERMINAL else "is still"
+        raise DtrainError(
+            f"job {job_id} names no run directory in its logs: it {when} {record.status} "
+            "before training started"
+        )
+    if dest.exists():
+        raise DtrainError(f"{dest} already exists: give --out a new directory")
+    command = helper_command(python, record.run_dir, client.driver_node(job_id), everything)
+    helper, _ = client.run_helper(command, job_id, "fetches", timeout)
+    return record.run_dir, unpack(archive_from_logs(client.logs(helper), job_id), dest)
