@@ -26,6 +26,7 @@ import click
 from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import build_config, json_option
 from dtrain.cli.train_cmd import train
+from dtrain.service.errors import first_line
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
@@ -209,13 +210,9 @@ def _follow(client: Any, job_id: str, quiet: bool = False) -> Any:
         click.echo(f"dtrain: job {job_id} succeeded", err=True)
     else:
         cause = next((line for line in reversed(tail) if line.startswith("Error: ")), "")
-        reason = cause.removeprefix("Error: ") or _one_line(record.message) or record.status
+        reason = cause.removeprefix("Error: ") or first_line(record.message or "") or record.status
         click.echo(f"dtrain: error: job {job_id} {record.status}: {reason}", err=True)
     return record
-
-
-def _one_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
 # --- dtrain jobs ------------------------------------------------------------------------------

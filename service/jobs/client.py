@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dtrain.service import __version__
-from dtrain.service.errors import DtrainError
+from dtrain.service.errors import DtrainError, first_line
 from dtrain.service.jobs.endpoint import (
     find_token,
     resolve_address,
@@ -32,11 +32,6 @@ STOP_TIMEOUT_SECONDS = 30.0
 # A job still PENDING this long after its stop request is one Ray will not stop by itself.
 PENDING_STOP_GRACE_SECONDS = 3.0
 METADATA_KEY = "dtrain_version"
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
 
 
 def _quiet_ray_loggers() -> None:
