@@ -9,13 +9,15 @@ appears atomically: complete with its manifest, or not at all.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import gzip
 import hashlib
 import http.client
 import json
 import math
 import os
-import shutil
+import re
+import sys
 import tempfile
 import urllib.error
 import urllib.parse
@@ -310,6 +312,7 @@ def prepare(
     for split, count in shard_counts.items():
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise DtrainError(f"number of {split} shards must be an integer >= 1, got {count!r}")
+    _sweep_stale_tmp(out_dir)
     _check_out_dir(out_dir, force=force)
     data = load_source(source)
     for split, count in shard_counts.items():
@@ -327,12 +330,14 @@ def prepare(
         ) from None
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     try:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            _remove_dataset_dir(tmp)  # our own pid's, from an earlier life of this pid
         tmp.mkdir()
         manifest = _write_all(tmp, data, shard_counts, source_text)
-        _install(tmp, out_dir)
+        _install(tmp, out_dir, force=force)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and not tmp.is_symlink():
+            _remove_dataset_dir(tmp)
         if isinstance(e, OSError):
             raise DtrainError(f"{out_dir}: cannot write prepared data ({one_line(e)})") from None
         raise
@@ -351,27 +356,114 @@ def _source_text(source: str | Path) -> str:
     return str(Path(text).expanduser().resolve())
 
 
+# The only names dtrain writes into a prepared directory: anything else there is the user's.
+_SHARD_NAME = re.compile(r"(train|test)-\d{5}-of-\d{5}\.arrow")
+# Siblings of OUT that a prepare creates while it works: .OUT.tmp-PID and .OUT.old-PID.
+_WORK_DIR_NAME = re.compile(r"\.(?P<out>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)")
+
+
+def _is_dtrain_file(name: str) -> bool:
+    return name == MANIFEST_NAME or _SHARD_NAME.fullmatch(name) is not None
+
+
+def _foreign_entries(directory: Path) -> list[str]:
+    """Entries of ``directory`` that dtrain did not write there (sorted, so messages are stable)."""
+    return sorted(
+        p.name for p in directory.iterdir() if not (p.is_file() and _is_dtrain_file(p.name))
+    )
+
+
+def _is_dtrain_dataset(directory: Path) -> bool:
+    """Holds dtrain's manifest.json and nothing but the files a prepare writes."""
+    manifest = directory / MANIFEST_NAME
+    if not manifest.is_file() or _foreign_entries(directory):
+        return False
+    try:
+        content = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        # A damaged manifest beside nothing but shard files is still recognisably ours.
+        return any(_SHARD_NAME.fullmatch(p.name) for p in directory.iterdir())
+    return isinstance(content, dict) and content.get("format") == FORMAT
+
+
+def _not_ours(out_dir: Path) -> DtrainError:
+    foreign = _foreign_entries(out_dir)
+    if not foreign:
+        foreign = [MANIFEST_NAME]  # a manifest.json of some other program
+    shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+    return DtrainError(
+        f"{out_dir}: holds {shown}, which are not a dtrain dataset and would be lost; "
+        "refusing to replace it: choose a new or empty --out directory"
+    )
+
+
 def _check_out_dir(out_dir: Path, *, force: bool) -> None:
     if not out_dir.exists():
         return
     if not out_dir.is_dir():
         raise DtrainError(f"{out_dir}: exists and is not a directory")
+    # An empty directory (say, a freshly made mount point) is fine; rename(2) replaces it.
+    if not any(out_dir.iterdir()):
+        return
+    # --force replaces only what a prepare wrote: never a folder of the user's own files.
+    if not _is_dtrain_dataset(out_dir):
+        raise _not_ours(out_dir)
     if force:
         return
-    if (out_dir / MANIFEST_NAME).exists():
-        try:
-            read_manifest(out_dir)
-        except DtrainError as e:
-            raise DtrainError(
-                f"{out_dir}: holds an unusable manifest ({e}); use --force to replace it"
-            ) from None
-        raise DtrainError(f"{out_dir}: already prepared, use --force to replace it")
-    # An empty directory (say, a freshly made mount point) is fine; rename(2) replaces it.
-    if any(out_dir.iterdir()):
+    try:
+        read_manifest(out_dir)
+    except DtrainError as e:
         raise DtrainError(
-            f"{out_dir}: exists without a manifest.json (leftovers of an interrupted prepare?); "
-            "use --force to replace it"
-        )
+            f"{out_dir}: holds an unusable manifest ({e}); use --force to replace it"
+        ) from None
+    raise DtrainError(f"{out_dir}: already prepared, use --force to replace it")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _remove_dataset_dir(directory: Path) -> bool:
+    """Delete the files a prepare writes, then the folder if that emptied it; never other files."""
+    for entry in directory.iterdir():
+        if entry.is_file() and not entry.is_symlink() and _is_dtrain_file(entry.name):
+            entry.unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        return False
+    return True
+
+
+def _sweep_stale_tmp(out_dir: Path) -> None:
+    """Remove work folders of prepares into ``out_dir`` that were killed (their pid is gone)."""
+    parent = out_dir.parent
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        match = _WORK_DIR_NAME.fullmatch(entry.name)
+        if (
+            match is None
+            or match["out"] != out_dir.name
+            or not entry.is_dir()
+            or entry.is_symlink()
+            or _pid_alive(int(match["pid"]))
+        ):
+            continue
+        # A killed --force prepare may have moved the only dataset aside: keep it then.
+        if match["kind"] == "old" and not (out_dir / MANIFEST_NAME).is_file():
+            continue
+        if not _remove_dataset_dir(entry):
+            print(
+                f"dtrain: left {entry} in place: it holds files dtrain did not write",
+                file=sys.stderr,
+            )
 
 
 def _write_all(
@@ -466,28 +558,40 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _install(tmp: Path, out_dir: Path) -> None:
-    """Move the finished ``tmp`` to ``out_dir``; an old ``out_dir`` goes only after that worked."""
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-        try:
-            os.rename(tmp, out_dir)
-        except BaseException:
-            os.rename(old, out_dir)
-            raise
-        _fsync(out_dir.parent)
-        shutil.rmtree(old, ignore_errors=True)
-        return
+def _install(tmp: Path, out_dir: Path, *, force: bool) -> None:
+    """Move the finished ``tmp`` to ``out_dir``; an old ``out_dir`` goes only after that worked.
+
+    Without ``force``, rename(2) is the check that counts: it replaces nothing but an empty
+    directory, so a dataset another prepare finished meanwhile is never replaced.
+    """
     try:
         os.rename(tmp, out_dir)
-    except OSError:
-        # Another process may have finished the same prepare between our check and now.
-        if (out_dir / MANIFEST_NAME).is_file():
-            raise DtrainError(f"{out_dir}: already prepared, use --force to replace it") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not out_dir.is_dir():
+            raise
+        if not force:
+            if (out_dir / MANIFEST_NAME).is_file():
+                raise DtrainError(
+                    f"{out_dir}: was prepared by another process meanwhile; "
+                    "use --force to replace it"
+                ) from None
+            raise _not_ours(out_dir) from None
+    else:
+        _fsync(out_dir.parent)
+        return
+    # Checked again now: the folder may have changed since the first check.
+    if not _is_dtrain_dataset(out_dir):
+        raise _not_ours(out_dir)
+    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+    os.rename(out_dir, old)
+    try:
+        os.rename(tmp, out_dir)
+    except BaseException:
+        os.rename(old, out_dir)
         raise
     _fsync(out_dir.parent)
+    if not _remove_dataset_dir(old):
+        print(f"dtrain: left {old} in place: it holds files dtrain did not write", file=sys.stderr)
 
 
 # --- reading prepared data --------------------------------------------------------------------
@@ -558,15 +662,24 @@ def _verify_shard(path: Path, size: int, sha256: str) -> None:
 
 
 def ensure_prepared(
-    data_dir: Path, *, num_shards: int = 8, num_test_shards: int = 2
+    data_dir: Path, *, num_shards: int = 8, num_test_shards: int = 2, create: bool = True
 ) -> dict[str, Any]:
     """The manifest of ``data_dir``, preparing the embedded MNIST there first if needed.
 
-    An existing preparation is used as it is, whatever its shard counts.
+    An existing preparation is used as it is, whatever its shard counts. With ``create`` False
+    (evaluate and predict given a --data-dir) a missing dataset is an error, not a download-sized
+    surprise in a folder the user only meant to read from.
     """
     data_dir = Path(data_dir).expanduser()
     if (data_dir / MANIFEST_NAME).is_file():
         return read_manifest(data_dir)
+    hint = f"prepare it with `dtrain data prepare --out {data_dir}`"
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DtrainError(f"{data_dir}: is not a directory")
+    if data_dir.is_dir() and any(data_dir.iterdir()):
+        raise DtrainError(f"{data_dir}: not a prepared dataset (no {MANIFEST_NAME}); {hint}")
+    if not create:
+        raise DtrainError(f"{data_dir}: no prepared dataset there; {hint}")
     try:
         return prepare(data_dir, num_shards=num_shards, num_test_shards=num_test_shards)
     except DtrainError:

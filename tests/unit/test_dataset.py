@@ -466,15 +466,18 @@ def test_already_prepared_needs_force(small_prepared: Path, idx_dir: Path) -> No
     assert sorted(p.name for p in small_prepared.parent.iterdir()) == ["prepared", "src"]
 
 
-def test_leftovers_without_manifest_need_force(tmp_path: Path, idx_dir: Path) -> None:
+def test_shard_files_without_a_manifest_are_never_replaced(tmp_path: Path, idx_dir: Path) -> None:
+    # A prepare installs its folder whole, manifest included, so this is not dtrain's work:
+    # --force must not delete it either, and the message must not suggest it.
     out = tmp_path / "out"
     out.mkdir()
     (out / "train-00000-of-00008.arrow").write_bytes(b"half")
-    with pytest.raises(DtrainError) as excinfo:
-        prepare(out, source=idx_dir)
-    assert_error(excinfo, "without a manifest.json", "leftovers", "--force")
-    prepare(out, source=idx_dir, force=True)
-    assert (out / "train-00000-of-00008.arrow").read_bytes() != b"half"
+    for force in (False, True):
+        with pytest.raises(DtrainError) as excinfo:
+            prepare(out, source=idx_dir, force=force)
+        assert_error(excinfo, "not a dtrain dataset", "would be lost")
+        assert "--force" not in str(excinfo.value)
+    assert (out / "train-00000-of-00008.arrow").read_bytes() == b"half"
 
 
 def test_empty_existing_directory_is_filled(tmp_path: Path, idx_dir: Path) -> None:
