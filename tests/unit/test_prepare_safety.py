@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner, Result
 
-from cli.data_cmds import data
-from service import dataset
-from service.errors import DtrainError
+from dtrain.cli.data_cmds import data
+from dtrain.service.data import dataset
+from dtrain.service.errors import DtrainError
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_a_finished_dataset_is_not_replaced_at_rename_time(tmp_path: Path, sourc
 
 def test_concurrent_prepares_leave_one_dataset_and_one_winner(tmp_path: Path, source: Path) -> None:
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "cli.main", "data", "prepare", "--source", str(source)]
+    args = [sys.executable, "-m", "dtrain.cli.main", "data", "prepare", "--source", str(source)]
     args += ["--out", str(out), "--num-shards", "2", "--num-test-shards", "1"]
     procs = [
         subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
