@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from dtrain.cli.jsonout import stdout_to_stderr
 from dtrain.cli.options import (
     METRICS_OPTIONS,
     TRAIN_OPTIONS,
@@ -64,9 +65,12 @@ def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts:
             )
         observers.append(exporter)
     try:
-        summary = Trainer(
-            config, observers, address=opts["address"], resume=resume_dir is not None
-        ).run()
+        # With --json, stdout carries the summary alone: Ray's (raylet) lines after a worker
+        # kill would otherwise come first and the output would not parse.
+        with stdout_to_stderr(as_json):
+            summary = Trainer(
+                config, observers, address=opts["address"], resume=resume_dir is not None
+            ).run()
     except KeyboardInterrupt:
         saved = list((config.run_dir / "checkpoints").glob("step-*.npz"))
         hint = f"; resume with: dtrain train --resume {config.run_dir}" if saved else ""
