@@ -22,7 +22,6 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dtrain.service.data import npzsafe
 from dtrain.service.errors import DtrainError
 from dtrain.workers.shards import (
     IMAGE_SHAPE,
@@ -219,15 +219,15 @@ def _validated(images: np.ndarray, labels: np.ndarray, images_name: str, labels_
 
 
 def _load_npz(path: Path) -> dict[str, Split]:
-    # allow_pickle=False: an .npz from a user must not be able to run code when loaded.
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DtrainError(f"{path.name}: cannot load as .npz ({one_line(e)})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):
+    # Read member by member without pickle: an .npz from a user must not run code or make us
+    # allocate what its headers claim (service.npzsafe).
+    if npzsafe.is_npy(path):
         raise DtrainError(f"{path.name}: is a single .npy array, expected an .npz archive")
-    with npz:
-        arrays = {key: _npz_array(npz, key, path.name) for key in _NPZ_KEYS}
+    try:
+        with npzsafe.open_npz(path, _MAX_IDX_BYTES) as npz:
+            arrays = {key: _npz_array(npz, key, path.name) for key in _NPZ_KEYS}
+    except npzsafe.NpzProblem as e:
+        raise DtrainError(f"{path.name}: cannot load as .npz ({e})") from None
     result: dict[str, Split] = {}
     for split in SPLITS:
         x_key, y_key = f"x_{split}", f"y_{split}"
@@ -245,22 +245,20 @@ def _load_npz(path: Path) -> dict[str, Split]:
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
-def _npz_array(npz: Any, key: str, name: str) -> np.ndarray:
+def _npz_array(npz: npzsafe.NpzReader, key: str, name: str) -> np.ndarray:
     if key not in npz.files:
         raise DtrainError(
             f"{name}: missing array {key!r} (expected x_train, y_train, x_test, y_test; "
             f"found {', '.join(npz.files) or 'none'})"
         )
     try:
-        return np.ascontiguousarray(npz[key])
-    except ValueError as e:
-        if "pickle" in str(e):
+        return np.ascontiguousarray(npz.read(key))
+    except npzsafe.NpzProblem as e:
+        if e.pickled:
             raise DtrainError(
                 f"{name}: array {key!r} is an object array that needs pickle to load; refused"
             ) from None
-        raise DtrainError(f"{name}: cannot read array {key!r} ({one_line(e)})") from None
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise DtrainError(f"{name}: cannot read array {key!r} ({one_line(e)})") from None
+        raise DtrainError(f"{name}: cannot read array {key!r} ({e})") from None
 
 
 def _load_url(url: str) -> dict[str, Split]:
@@ -638,11 +636,11 @@ def _check_shard_digest(shard: dict[str, Any]) -> None:
         raise ShardError(f"{shard['file']}: manifest entry lacks an integer bytes or a sha256")
 
 
-def verify(data_dir: Path, manifest: dict[str, Any]) -> int:
+def verify(data_dir: Path, manifest: dict[str, Any], splits: tuple[str, ...] = SPLITS) -> int:
     """Check every shard's size and sha256 against the manifest; return how many were checked."""
     data_dir = Path(data_dir).expanduser()
     checked = 0
-    for split in SPLITS:
+    for split in splits:
         for shard in manifest["splits"][split]["shards"]:
             _verify_shard(data_dir / shard["file"], shard["bytes"], shard["sha256"])
             checked += 1
