@@ -10,6 +10,7 @@ header claims), and an object dtype (a pickle) is refused, never loaded.
 
 from __future__ import annotations
 
+import lzma
 import math
 import zipfile
 import zlib
@@ -23,6 +24,8 @@ import numpy as np
 from dtrain.workers.shards import one_line
 
 _NPY_MAGIC = b"\x93NUMPY"
+# The compression methods zipfile implements; anything else is refused before it is opened.
+_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 _CHUNK = 1 << 24
 # np.lib.format's own default bound on a header (it refuses longer ones as untrusted).
 _MAX_HEADER_BYTES = 10_000
@@ -60,7 +63,7 @@ def _read_array(f: IO[bytes], available: int, max_bytes: int) -> np.ndarray:
             raise NpzProblem(f".npy format version {version} is not supported")
     except NpzProblem:
         raise
-    except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as e:
+    except (ValueError, OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as e:
         raise NpzProblem(f"bad .npy header ({e})") from None
     if dtype.hasobject:
         raise NpzProblem(f"dtype {dtype} holds pickled objects", pickled=True)
@@ -83,7 +86,7 @@ def _read_array(f: IO[bytes], available: int, max_bytes: int) -> np.ndarray:
             buf += chunk
         # Reading to the end is what makes zipfile compare the CRC.
         extra = f.read(1)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, OSError) as e:
         raise NpzProblem(f"damaged data ({e})") from None
     if len(buf) != need or extra:
         raise NpzProblem(f"holds {len(buf) + len(extra)} data bytes, its header says {need}")
@@ -106,7 +109,7 @@ class NpzReader:
         info = self._members[name]
         if info.flag_bits & 0x1:
             raise NpzProblem(f"member {name!r} is encrypted")
-        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        if info.compress_type not in _METHODS:
             raise NpzProblem(
                 f"member {name!r} uses unsupported compression method {info.compress_type}"
             )
@@ -119,7 +122,14 @@ class NpzReader:
             if str(e).startswith("member "):
                 raise
             raise NpzProblem(f"member {name!r}: {e}", pickled=e.pickled) from None
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError, ValueError) as e:
+        except (
+            zipfile.BadZipFile,
+            NotImplementedError,
+            RuntimeError,
+            OSError,
+            ValueError,
+            lzma.LZMAError,
+        ) as e:
             raise NpzProblem(f"member {name!r}: {e}") from None
 
 
