@@ -1141,6 +1141,170 @@ ISSUE14_CASES = [
 ]
 CASES += ISSUE14_CASES
 
+# --- neighbours of issue 14's examples: the same classes, reached another way ------------------
+
+
+def resume_nonfinite_velocity(ws: Path) -> list[str]:
+    """A run whose only checkpoint has an inf velocity: refused on load, not after a step."""
+    data = prepared(ws)
+    run = ws / "prev"
+    (run / "checkpoints").mkdir(parents=True)
+    config = {"data_dir": str(data), "run_dir": str(run), "model": {"hidden_sizes": [8]}}
+    config |= {"batch_size": 4, "num_workers": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    params = init_params(SPEC, 0)
+    velocity = np.zeros_like(params)
+    velocity[-1] = np.inf
+    ckpt = checkpoint.Checkpoint(spec=SPEC, params=params, velocity=velocity)
+    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
+    return ["train", "--resume", str(run)]
+
+
+def damaged_npz_source(ws: Path, **patch: int) -> list[str]:
+    src = npz_source(ws)
+    if patch:
+        patch_zip_headers(src, **patch)
+    else:  # one byte of a stored member flipped: only its CRC can tell
+        raw = bytearray(src.read_bytes())
+        raw[len(raw) // 3] ^= 0xFF
+        src.write_bytes(bytes(raw))
+    return prepare_args(src, ws)
+
+
+def huge_header_npz_source(ws: Path) -> list[str]:
+    src = npz_source(ws)
+    with zipfile.ZipFile(src) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    members["x_train.npy"] = npy_claiming((10**9, 28, 28), b"\0" * 784, "|u1")
+    with zipfile.ZipFile(src, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return prepare_args(src, ws)
+
+
+def predict_npz(ws: Path, **patch: int) -> list[str]:
+    path = ws / "images.npz"
+    np.savez(path, x=np.zeros((2, 28, 28), np.uint8))
+    patch_zip_headers(path, **patch)
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
+
+
+NEIGHBOUR_CASES = [
+    Case(
+        "resume-nonfinite-velocity",
+        "checkpoint",
+        "`--resume` a run whose only checkpoint has an inf velocity",
+        resume_nonfinite_velocity,
+        1,
+        "holds non-finite velocity",
+    ),
+    Case(
+        "resume-config-null",
+        "checkpoint",
+        "`--resume` a run whose config.json is `null`",
+        lambda ws: resume_with_config(ws, None),
+        1,
+        "config.json: the config must be a JSON object, got NoneType",
+    ),
+    Case(
+        "resume-config-epochs-string",
+        "checkpoint",
+        '`--resume` a run whose config.json has `"epochs": "5"`',
+        lambda ws: resume_with_config(ws, {"data_dir": "d", "run_dir": "r", "epochs": "5"}),
+        1,
+        "config.json: epochs must be an integer, got '5'",
+    ),
+    Case(
+        "checkpoint-num-classes-null",
+        "checkpoint",
+        'a checkpoint header with `"num_classes": null`',
+        lambda ws: ["evaluate", str(saved_checkpoint(ws, num_classes=None))],
+        1,
+        "header field num_classes must be an integer, got None",
+    ),
+    Case(
+        "prepare-npz-bad-crc",
+        "dataset",
+        "`data prepare` from an `.npz` with one byte flipped (bad CRC)",
+        damaged_npz_source,
+        1,
+        "member 'x_train': damaged data",
+    ),
+    Case(
+        "prepare-npz-unknown-compression",
+        "dataset",
+        "`data prepare` from an `.npz` whose members claim compression method 99",
+        lambda ws: damaged_npz_source(ws, method=99),
+        1,
+        "member 'x_train' uses unsupported compression method 99",
+    ),
+    Case(
+        "prepare-npz-huge-header",
+        "dataset",
+        "`data prepare` from an `.npz` whose x_train header claims 10**9 images",
+        huge_header_npz_source,
+        1,
+        "header claims shape [1000000000, 28, 28]",
+    ),
+    Case(
+        "predict-npz-encrypted",
+        "predict",
+        "`predict` on an `.npz` whose members are flagged encrypted",
+        lambda ws: predict_npz(ws, flags=0x1),
+        1,
+        "is encrypted",
+    ),
+    Case(
+        "predict-bool-dtype",
+        "predict",
+        "`predict` on a .npy of booleans",
+        lambda ws: predict_array(ws, np.zeros((2, 784), bool)),
+        1,
+        "images have dtype bool, expected uint8 pixels",
+    ),
+    Case(
+        "evaluate-data-dir-unprepared",
+        "dataset",
+        "`evaluate --data-dir` a folder of other files (no --force suggested)",
+        lambda ws: ["evaluate", str(saved_checkpoint(ws)), "--data-dir", str(users_folder(ws))],
+        1,
+        "not a prepared dataset (no manifest.json); prepare it with",
+    ),
+    Case(
+        "job-file-cpus-nan",
+        "job file",
+        "a job file with `cpus-per-worker = nan`",
+        lambda ws: job_file(ws, "[train]\ncpus-per-worker = nan\n"),
+        2,
+        "Invalid value for '--cpus-per-worker': nan is not a finite number",
+    ),
+    Case(
+        "job-file-staleness-huge",
+        "job file",
+        "a job file with `staleness = 100000`",
+        lambda ws: job_file(ws, "[train]\nstaleness = 100000\n"),
+        2,
+        "'--staleness': 100000 is not in the range 0<=x<=32",
+    ),
+    Case(
+        "address-ray-bad-port",
+        "cluster",
+        "`--address ray://127.0.0.1:70000`",
+        lambda ws: train_args(prepared(ws), ws, "--address", "ray://127.0.0.1:70000"),
+        1,
+        "port 70000 is not in 1..65535",
+    ),
+    Case(
+        "submit-entrypoint-cpus-inf",
+        "cli",
+        "`submit --entrypoint-num-cpus inf`",
+        lambda ws: ["submit", "--entrypoint-num-cpus", "inf"],
+        2,
+        "'--entrypoint-num-cpus': 'inf' is not a finite number",
+    ),
+]
+CASES += NEIGHBOUR_CASES
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
