@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dtrain.service.data import dataset, npzsafe
+from dtrain.service.data import npzsafe
+from dtrain.service.data.sources import IMAGES_MAGIC, parse_idx, read_maybe_gzip
 from dtrain.service.errors import DtrainError
 
 IMAGE_PIXELS = 28 * 28
@@ -28,8 +29,7 @@ def load_images(path: Path) -> np.ndarray:
     elif zipfile.is_zipfile(path):
         images = _load_numpy(path, npy=False)
     else:
-        data = dataset._read_maybe_gzip(path)
-        images = dataset._parse_idx(data, path.name, dataset.IMAGES_MAGIC)
+        images = parse_idx(read_maybe_gzip(path), path.name, IMAGES_MAGIC)
     # Strings, dates, complex numbers, records or booleans are no pixels: say so, by dtype.
     if images.dtype.kind not in "uif":
         raise DtrainError(

@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dtrain.service.data import dataset
+from dtrain.service.data import prepare as prepare_module
+from dtrain.service.data import sources
 from dtrain.service.data.dataset import (
     SCHEMA,
     default_data_dir,
@@ -177,7 +178,7 @@ def test_describe_lists_counts(prepared_mnist: Path) -> None:
 def test_embedded_checksum_mismatch_is_reported(
     idx_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dataset, "EMBEDDED_DIR", idx_dir)
+    monkeypatch.setattr(sources, "EMBEDDED_DIR", idx_dir)
     with pytest.raises(DtrainError) as excinfo:
         load_source(None)
     assert_error(excinfo, "train-images-idx3-ubyte.gz", "does not match the canonical MNIST")
@@ -497,7 +498,7 @@ def test_out_dir_that_is_a_file(tmp_path: Path, idx_dir: Path) -> None:
 
 
 def _fail_after_first_shard(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dataset._write_shard
+    real = prepare_module._write_shard
     calls = []
 
     def flaky(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -506,7 +507,7 @@ def _fail_after_first_shard(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(path)
         real(path, images, labels)
 
-    monkeypatch.setattr(dataset, "_write_shard", flaky)
+    monkeypatch.setattr(prepare_module, "_write_shard", flaky)
 
 
 def test_failure_mid_write_leaves_no_output(
@@ -535,7 +536,7 @@ def test_disk_errors_become_dtrain_errors(
     def full(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dataset, "_write_shard", full)
+    monkeypatch.setattr(prepare_module, "_write_shard", full)
     with pytest.raises(DtrainError) as excinfo:
         prepare(tmp_path / "out", source=idx_dir)
     assert_error(excinfo, "cannot write prepared data", "No space left on device")

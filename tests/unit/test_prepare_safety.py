@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from dtrain.cli.data_cmds import data
-from dtrain.service.data import dataset
+from dtrain.service.data import dataset, outdir
+from dtrain.service.data import prepare as prepare_module
 from dtrain.service.errors import DtrainError
 
 
@@ -112,7 +113,7 @@ def test_a_finished_dataset_is_not_replaced_at_rename_time(tmp_path: Path, sourc
     tmp.mkdir()
     (tmp / "manifest.json").write_text("{}")
     with pytest.raises(DtrainError, match="prepared by another process meanwhile"):
-        dataset._install(tmp, out, force=False)
+        prepare_module._install(tmp, out, force=False)
     assert tree(out) == before
 
 
@@ -166,5 +167,5 @@ def test_a_stale_old_folder_is_kept_when_it_is_the_only_dataset(
     old = tmp_path / f".out.old-{dead_pid()}"
     assert prepare(source, old).exit_code == 0
     before = tree(old)
-    dataset._sweep_stale_tmp(tmp_path / "out")
+    outdir.sweep_stale_tmp(tmp_path / "out")
     assert tree(old) == before
