@@ -180,7 +180,7 @@ def _validated(images: np.ndarray, labels: np.ndarray, images_name: str, labels_
 
 def _load_npz(path: Path) -> dict[str, Split]:
     # Read member by member without pickle: an .npz from a user must not run code or make us
-    # allocate what its headers claim (service.npzsafe).
+    # allocate what its headers claim (service/data/npzsafe.py).
     if npzsafe.is_npy(path):
         raise DtrainError(f"{path.name}: is a single .npy array, expected an .npz archive")
     try:

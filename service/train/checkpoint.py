@@ -92,7 +92,7 @@ def load(path: Path) -> Checkpoint:
     if not path.is_file():
         raise DtrainError(f"checkpoint {path} does not exist")
     try:
-        # Checked member by member, never unpickled: see service.npzsafe.
+        # Checked member by member, never unpickled: see service/data/npzsafe.py.
         arrays = npzsafe.read_all(path, MAX_ARRAY_BYTES)
     except npzsafe.NpzProblem as e:
         if e.pickled:
