@@ -24,9 +24,10 @@ from typing import Any
 import click
 
 from dtrain.cli.group import DtrainGroup
-from dtrain.cli.options import build_config, json_option
+from dtrain.cli.options import JOB_FILE_NAMES_KEY, FiniteFloat, build_config, json_option
 from dtrain.cli.train_cmd import train
 from dtrain.service.errors import first_line
+from dtrain.service.train.config import MAX_CPUS_PER_WORKER
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
@@ -44,6 +45,8 @@ FORWARDED_SOURCES = (click.core.ParameterSource.COMMANDLINE, click.core.Paramete
 RUNS_DIR = "${DTRAIN_RUNS_DIR:-$HOME/dtrain-runs}"
 # Exit statuses of `submit --wait` and `jobs logs --follow`; 2 stays click's usage error.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+# `jobs stop` waits at most a day: a finite bound, so inf is a usage error, not a hang.
+MAX_STOP_TIMEOUT_SECONDS = 24 * 3600.0
 
 
 def exit_code(status: str) -> int:
@@ -91,6 +94,7 @@ def _job_file_callback(
     """``train``'s job-file loader, held to ``train``'s options (not submit's own)."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[JOB_FILE_NAMES_KEY] = names
         result = load(ctx, param, value)
         extra = sorted(set(ctx.default_map or {}) - names)
         if extra:
@@ -125,7 +129,7 @@ for param in _forwarded:
 )
 @click.option(
     "--entrypoint-num-cpus",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0, max=MAX_CPUS_PER_WORKER),
     default=None,
     help="CPUs reserved for the job's driver (dtrain train itself) on the cluster. "
     "[default: none reserved]",
@@ -279,7 +283,7 @@ def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
 @_common
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True, max=MAX_STOP_TIMEOUT_SECONDS),
     default=30.0,
     show_default=True,
     help="Seconds to wait for the job to end before giving up with an error.",

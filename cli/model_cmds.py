@@ -15,18 +15,19 @@ from dtrain.service.errors import DtrainError
 
 @click.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
-@data_dir_option("Prepared dataset whose test split is evaluated. [default: as for train]")
+@data_dir_option(
+    "Prepared dataset whose test split is evaluated; it must already be prepared. "
+    "[default: as for train, prepared from the embedded MNIST if missing]"
+)
 @json_option("one object")
 def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> None:
     """Test loss and accuracy of a checkpoint."""
-    from dtrain.service.data import dataset
     from dtrain.service.train import checkpoint
     from dtrain.workers.model import Network
     from dtrain.workers.shards import ShardError, read_rows, to_float
 
-    ckpt = checkpoint.load(checkpoint_path)
-    data_dir = data_dir or dataset.default_data_dir()
-    manifest = dataset.ensure_prepared(data_dir)
+    ckpt = checkpoint.load(resolve_checkpoint(checkpoint_path))
+    data_dir, manifest = prepared_test_split(data_dir)
     n = int(manifest["splits"]["test"]["num_samples"])
     try:
         x, y = read_rows(data_dir, manifest, "test", 0, n)
@@ -38,6 +39,36 @@ def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> Non
         click.echo(json.dumps({"test_accuracy": acc, "test_loss": loss, "num_samples": n}))
     else:
         click.echo(f"test accuracy {acc:.4f}  loss {loss:.4f}  ({n} samples)")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory stands for its final checkpoint.npz; any other directory is refused."""
+    if path.is_dir():
+        final = path / "checkpoint.npz"
+        if final.is_file():
+            click.echo(f"dtrain: using {final}", err=True)
+            return final
+        raise DtrainError(
+            f"{path} is a directory without a checkpoint.npz: give a checkpoint file "
+            "(a run's checkpoint.npz or checkpoints/step-*.npz)"
+        )
+    return path
+
+
+def prepared_test_split(data_dir: Path | None) -> tuple[Path, dict[str, Any]]:
+    """The dataset evaluate and predict read, with its test shards' checksums verified as
+    train verifies them (a flipped bit would otherwise change the reported loss).
+
+    Only the default data directory is prepared from the embedded MNIST when missing: a
+    --data-dir the user names is read, never filled with 52 MB they did not ask for.
+    """
+    from dtrain.service.data import dataset
+
+    given = data_dir is not None
+    path = data_dir if data_dir is not None else dataset.default_data_dir()
+    manifest = dataset.ensure_prepared(path, create=not given)
+    dataset.verify(path, manifest, splits=("test",))
+    return path, manifest
 
 
 def check_input_size(expected: int, got: int) -> None:
@@ -54,7 +85,10 @@ def check_input_size(expected: int, got: int) -> None:
     default=None,
     help="Predict the first N images of the prepared test set (shows the true label).",
 )
-@data_dir_option("Prepared dataset for --test-samples. [default: as for train]")
+@data_dir_option(
+    "Prepared dataset for --test-samples; it must already be prepared. "
+    "[default: as for train, prepared from the embedded MNIST if missing]"
+)
 @json_option("one object per image")
 def predict(
     checkpoint_path: Path,
@@ -64,7 +98,6 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict digits for images in INPUTS (.npy, .npz or IDX files of 28x28 uint8 images)."""
-    from dtrain.service.data import dataset
     from dtrain.service.data.images import load_images
     from dtrain.service.train import checkpoint
     from dtrain.workers.model import Network
@@ -72,13 +105,12 @@ def predict(
 
     if not inputs and test_samples is None:
         raise click.UsageError("give image files as INPUTS or --test-samples N")
-    ckpt = checkpoint.load(checkpoint_path)
+    ckpt = checkpoint.load(resolve_checkpoint(checkpoint_path))
     batches: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     for path in inputs:
         batches.append((str(path), load_images(path), None))
     if test_samples is not None:
-        data_dir = data_dir or dataset.default_data_dir()
-        manifest = dataset.ensure_prepared(data_dir)
+        data_dir, manifest = prepared_test_split(data_dir)
         n = min(test_samples, int(manifest["splits"]["test"]["num_samples"]))
         try:
             x, y = read_rows(data_dir, manifest, "test", 0, n)
