@@ -25,8 +25,10 @@ from typing import Any
 import click
 
 from dtrain.cli.group import DtrainGroup
-from dtrain.cli.options import build_config, json_option
+from dtrain.cli.options import JOB_FILE_NAMES_KEY, FiniteFloat, build_config, json_option
 from dtrain.cli.train_cmd import train
+from dtrain.service.errors import first_line
+from dtrain.service.train.config import MAX_CPUS_PER_WORKER
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
@@ -46,6 +48,8 @@ FORWARDED_SOURCES = (click.core.ParameterSource.COMMANDLINE, click.core.Paramete
 RUNS_DIR = "${DTRAIN_RUNS_DIR:-$HOME/dtrain-runs}"
 # Exit statuses of `submit --wait` and `jobs logs --follow`; 2 stays click's usage error.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+# `jobs stop` waits at most a day: a finite bound, so inf is a usage error, not a hang.
+MAX_STOP_TIMEOUT_SECONDS = 24 * 3600.0
 
 
 def exit_code(status: str) -> int:
@@ -101,6 +105,7 @@ def _job_file_callback(
     """``train``'s job-file loader, held to ``train``'s options (not submit's own)."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[JOB_FILE_NAMES_KEY] = names
         result = load(ctx, param, value)
         extra = sorted(set(ctx.default_map or {}) - names)
         if extra:
@@ -142,7 +147,7 @@ for param in _forwarded:
 )
 @click.option(
     "--entrypoint-num-cpus",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0, max=MAX_CPUS_PER_WORKER),
     default=None,
     help="CPUs reserved for the job's driver (dtrain train itself) on the cluster. "
     "[default: none reserved]",
@@ -236,13 +241,9 @@ def _follow(client: Any, job_id: str, quiet: bool = False) -> Any:
         click.echo(f"dtrain: job {job_id} succeeded", err=True)
     else:
         cause = next((line for line in reversed(tail) if line.startswith("Error: ")), "")
-        reason = cause.removeprefix("Error: ") or _one_line(record.message) or record.status
+        reason = cause.removeprefix("Error: ") or first_line(record.message or "") or record.status
         click.echo(f"dtrain: error: job {job_id} {record.status}: {reason}", err=True)
     return record
-
-
-def _one_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
 # --- dtrain jobs ------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
 @_common
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True, max=MAX_STOP_TIMEOUT_SECONDS),
     default=30.0,
     show_default=True,
     help="Seconds to wait for the job to end before giving up with an error.",

@@ -16,8 +16,9 @@ from dtrain.service.errors import DtrainError
 @click.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
 @data_dir_option(
-    "Prepared dataset whose test split is evaluated. [default: the checkpoint's run's own "
-    "(config.json beside it), else as for train]"
+    "Prepared dataset whose test split is evaluated; it must already be prepared. "
+    "[default: the checkpoint's run's own (config.json beside it), else as for train, "
+    "prepared from the embedded MNIST if missing]"
 )
 @json_option("one object")
 def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> None:
@@ -27,8 +28,9 @@ def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> Non
     from dtrain.workers.model import Network
     from dtrain.workers.shards import ShardError, read_rows, to_float
 
-    ckpt = checkpoint.load(checkpoint_path)
-    found = scoring_data(checkpoint_path, ckpt.spec, data_dir)
+    path = resolve_checkpoint(checkpoint_path)
+    ckpt = checkpoint.load(path)
+    found = scoring_data(path, ckpt.spec, data_dir)
     n = int(found.manifest["splits"]["test"]["num_samples"])
     try:
         x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
@@ -43,6 +45,20 @@ def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> Non
         click.echo(f"test accuracy {acc:.4f}  loss {loss:.4f}  ({n} samples)")
 
 
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory stands for its final checkpoint.npz; any other directory is refused."""
+    if path.is_dir():
+        final = path / "checkpoint.npz"
+        if final.is_file():
+            click.echo(f"dtrain: using {final}", err=True)
+            return final
+        raise DtrainError(
+            f"{path} is a directory without a checkpoint.npz: give a checkpoint file "
+            "(a run's checkpoint.npz or checkpoints/step-*.npz)"
+        )
+    return path
+
+
 @click.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
@@ -53,8 +69,9 @@ def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> Non
     help="Predict the first N images of the prepared test set (shows the true label).",
 )
 @data_dir_option(
-    "Prepared dataset for --test-samples. [default: the checkpoint's run's own (config.json "
-    "beside it), else as for train]"
+    "Prepared dataset for --test-samples; it must already be prepared. "
+    "[default: the checkpoint's run's own (config.json beside it), else as for train, "
+    "prepared from the embedded MNIST if missing]"
 )
 @click.option(
     "--invert/--no-invert",
@@ -83,12 +100,13 @@ def predict(
 
     if not inputs and test_samples is None:
         raise click.UsageError("give image files as INPUTS or --test-samples N")
-    ckpt = checkpoint.load(checkpoint_path)
+    ckpt_path = resolve_checkpoint(checkpoint_path)
+    ckpt = checkpoint.load(ckpt_path)
     batches: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     for path in inputs:
         batches.append((str(path), load_images(path, ckpt.spec.input_size, invert), None))
     if test_samples is not None:
-        found = scoring_data(checkpoint_path, ckpt.spec, data_dir)
+        found = scoring_data(ckpt_path, ckpt.spec, data_dir)
         n = min(test_samples, int(found.manifest["splits"]["test"]["num_samples"]))
         try:
             x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)

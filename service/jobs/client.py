@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dtrain.service import __version__
-from dtrain.service.errors import DtrainError
+from dtrain.service.errors import DtrainError, first_line
 from dtrain.service.jobs.endpoint import (
     check_gcs_port,
     find_token,
@@ -40,11 +40,6 @@ METADATA_KEY = "dtrain_version"
 # Metadata marking dtrain's own helper jobs (stopping a pending job, fetching a run), which
 # `jobs list` leaves out.
 HELPER_KEYS = frozenset({"stops", "fetches"})
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
 
 
 def _quiet_ray_loggers() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from dtrain.service.jobs.client import first_line
+from dtrain.service.errors import first_line
 from dtrain.service.jobs.record import TERMINAL, JobRecord
 
 
@@ -73,7 +73,7 @@ def format_record(r: JobRecord) -> str:
         done = "" if r.status in TERMINAL else f" (epoch {r.epoch})"
         lines.append(f"  test acc    {r.test_accuracy:.4f}{done}")
     if r.message:
-        lines.append(f"  message     {first_line(Exception(r.message))}")
+        lines.append(f"  message     {first_line(r.message)}")
     if r.driver_exit_code is not None:
         lines.append(f"  exit code   {r.driver_exit_code}")
     for key, value in sorted(r.metadata.items()):

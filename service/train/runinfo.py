@@ -84,20 +84,22 @@ def scoring_data(checkpoint_path: Path, spec: ModelSpec, data_dir: Path | None) 
 
 
 def _manifest(location: Path | str, origin: str) -> dict[str, Any]:
+    """The manifest, with the test shards' checksums verified as ``train`` verifies them."""
     from dtrain.service.data import transport
 
     if is_uri(location):
         return transport.load_manifest(location)
     assert isinstance(location, Path)
-    # Only the default directory is filled with the embedded MNIST: a run's own data dir that
-    # has gone missing must not quietly become MNIST (what this module exists to prevent).
-    if location == dataset.default_data_dir():
-        return dataset.ensure_prepared(location)
-    if not location.is_dir():
-        raise DtrainError(
-            f"the data dir {location} (from {origin}) does not exist: give --data-dir"
-        )
-    return dataset.read_manifest(location)
+    # Only the default directory is filled with the embedded MNIST: a data dir the user named,
+    # or a run's own that has gone missing, must not quietly become MNIST.
+    try:
+        manifest = dataset.ensure_prepared(location, create=location == dataset.default_data_dir())
+    except DtrainError as e:
+        if origin == "--data-dir":
+            raise
+        raise DtrainError(f"{e} (the data dir of {origin}; --data-dir names another)") from None
+    dataset.verify(location, manifest, splits=("test",))
+    return manifest
 
 
 def _input_size(manifest: dict[str, Any]) -> int | None:

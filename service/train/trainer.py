@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import ray
 
 from dtrain.service import __version__
 from dtrain.service.data import transport
@@ -60,10 +61,14 @@ class Trainer:
     def run(self) -> RunSummary:
         c = self.config
         wall_start = time.perf_counter()
+        # Cheap checks first: a bad or unreachable address costs no data preparation.
+        if not ray.is_initialized():
+            session.probe_address(session.resolve_address(self.address))
         # Checked on the driver (checksums, schemas) before any actor exists.
         manifest = transport.load_manifest(c.data_dir)
         num_train = int(manifest["splits"]["train"]["num_samples"])
         plan = plan_epoch(num_train, c.num_workers, c.batch_size)
+        session.check_local_workers(c.num_workers, self.address)
         total_steps = plan.steps_per_epoch * c.epochs
         if c.max_steps is not None:
             total_steps = min(total_steps, c.max_steps)

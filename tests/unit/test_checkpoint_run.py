@@ -122,7 +122,8 @@ def test_a_missing_run_data_dir_is_refused_not_filled_with_mnist(
     gone = tmp_path / "gone"
     ckpt = run_on(mnist_trained, gone, tmp_path)
     line = one_line_error(["evaluate", str(ckpt)])
-    assert str(gone) in line and "does not exist" in line
+    assert str(gone) in line and "no prepared dataset there" in line
+    assert "the data dir of the run's" in line and "config.json" in line
     assert not gone.exists()
 
 
