@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dtrain.service.errors import DtrainError
-from dtrain.workers.shards import SCHEMA, ShardError, one_line, schema_summary, shard_entries
+from dtrain.workers.shards import ShardError, one_line, schema_summary, shard_entries, shard_format
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dtrain-mnist-arrow"
@@ -98,11 +98,14 @@ def describe(manifest: dict[str, Any]) -> str:
     """A human summary of a manifest: source, creation time, per-split counts, schema."""
     # read_manifest checks only what reading needs; the rest may be absent from a hand-made one.
     schema = manifest.get("schema", "?")
+    fmt = shard_format(manifest)
+    known = str(fmt.schema)
     lines = [
         f"format:  {manifest['format']} v{manifest['version']}",
         f"source:  {manifest.get('source', '?')}",
         f"created: {manifest.get('created', '?')}",
-        f"schema:  {schema_summary(SCHEMA) if schema == str(SCHEMA) else one_line(schema)}",
+        f"schema:  {schema_summary(fmt.schema) if schema == known else one_line(schema)}",
+        f"input:   {input_text(manifest)}",
     ]
     for split in SPLITS:
         info = manifest["splits"][split]
@@ -118,3 +121,17 @@ def describe(manifest: dict[str, Any]) -> str:
         counts = "  ".join(f"{digit}:{count}" for digit, count in enumerate(histogram)) or "?"
         lines.append(f"  label counts  {counts}")
     return "\n".join(lines)
+
+
+def input_text(manifest: dict[str, Any]) -> str:
+    """What one sample is, in words: "8x8 uint8 images (64 values), 10 classes"."""
+    fmt = shard_format(manifest)
+    shape = manifest.get("image_shape")
+    if isinstance(shape, list) and shape:
+        what = f"{'x'.join(map(str, shape))} {fmt.feature_type} images ({fmt.input_size} values)"
+    else:
+        what = f"{fmt.input_size} {fmt.feature_type} features"
+    span = manifest.get("feature_range")
+    if isinstance(span, list) and len(span) == 2:
+        what += f" in [{span[0]:g}, {span[1]:g}]"
+    return f"{what}, {fmt.num_classes} classes"
