@@ -99,7 +99,8 @@ def _read(path: Path, max_bytes: int) -> pa.Table:
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             return pq.read_table(path)
-        with pa.memory_map(str(path), "r") as source:
+        # Read into memory, not mapped: the table must outlive the open file.
+        with pa.OSFile(str(path), "rb") as source:
             try:
                 return pa.ipc.open_file(source).read_all()
             except pa.ArrowInvalid:

@@ -49,14 +49,16 @@ def write_parquet(digits: Digits, directory: Path) -> Path:
     return directory
 
 
-def prepare_and_train(tmp_path: Path, *prepare_args: str) -> tuple[dict[str, Any], Path]:
+def prepare_and_train(
+    tmp_path: Path, prepare_args: list[str], train_args: list[str]
+) -> tuple[dict[str, Any], Path]:
     runner = CliRunner()
     data = tmp_path / "data"
     prep = runner.invoke(cli, ["data", "prepare", *prepare_args, "--out", str(data)])
     assert prep.exit_code == 0, prep.output
     run = tmp_path / "run"
     args = ["train", "--data-dir", str(data), "--run-dir", str(run), "--json"]
-    args += ["--batch-size", "64", "--epochs", "3", "--hidden-sizes", "32"]
+    args += ["--batch-size", "64", "--epochs", "3", "--hidden-sizes", "32", *train_args]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout.strip().splitlines()[-1]), data
@@ -68,11 +70,16 @@ def test_digits_train_from_the_manifest_well_above_chance(
 ) -> None:
     if container == "npz":
         source = write_npz(digits, tmp_path / "digits.npz")
-        summary, data = prepare_and_train(tmp_path, "--source", str(source))
+        # The default transports on one node: memory-mapped shards, shared-memory exchange.
+        summary, data = prepare_and_train(tmp_path, ["--source", str(source)], [])
     else:
         source = write_parquet(digits, tmp_path / "tables")
-        args = ["--feature-column", "pixels", "--label-column", "digit"]
-        summary, data = prepare_and_train(tmp_path, "--source", str(source), *args)
+        columns = ["--feature-column", "pixels", "--label-column", "digit"]
+        # The other transports: float32 rows shipped through the object store, and weights
+        # and gradients of the 64-input network through it too.
+        transports = ["--data-transport", "object-store", "--exchange", "object-store"]
+        summary, data = prepare_and_train(tmp_path, ["--source", str(source), *columns], transports)
+    assert summary["data_transport"] == ("local" if container == "npz" else "object-store")
     manifest = json.loads((data / "manifest.json").read_text())
     assert (manifest["input_size"], manifest["num_classes"]) == (64, 10)
     assert manifest["image_shape"] == ([8, 8] if container == "npz" else None)
