@@ -99,3 +99,24 @@ def test_digits_train_from_the_manifest_well_above_chance(
     )
     assert ev.exit_code == 0, ev.output
     assert json.loads(ev.stdout)["test_accuracy"] == summary["test_accuracy"]
+
+
+def test_resuming_onto_data_of_another_size_is_refused_in_one_line(
+    digits: Digits, tmp_path: Path, prepared_mnist: Path
+) -> None:
+    runner = CliRunner()
+    data, run = tmp_path / "data", tmp_path / "run"
+    source = write_npz(digits, tmp_path / "digits.npz")
+    prep = runner.invoke(cli, ["data", "prepare", "--source", str(source), "--out", str(data)])
+    assert prep.exit_code == 0, prep.output
+    args = ["train", "--data-dir", str(data), "--run-dir", str(run), "--max-steps", "3"]
+    assert runner.invoke(cli, [*args, "--hidden-sizes", "8"]).exit_code == 0
+    before = (run / "checkpoint.npz").read_bytes()
+
+    again = runner.invoke(cli, ["train", "--resume", str(run), "--data-dir", str(prepared_mnist)])
+    assert again.exit_code == 1
+    message = again.output.strip()
+    assert "\n" not in message and "Traceback" not in message
+    assert "the checkpoint's layers [(64, 8), (8, 10)] differ" in message
+    assert "[(784, 8), (8, 10)]" in message
+    assert (run / "checkpoint.npz").read_bytes() == before
