@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,32 @@ def check_manifest(manifest: Any, path: Path) -> None:
                 _check_shard_digest(shard)
         except ShardError as e:
             raise DtrainError(f"{path}: {e}") from None
+    _check_image_shape(manifest, path)
+
+
+def image_shape(manifest: dict[str, Any]) -> tuple[int, ...] | None:
+    """The shape of one image, or None for rows of features (a checked manifest's)."""
+    shape = manifest.get("image_shape")
+    return None if shape is None else tuple(shape)
+
+
+def _check_image_shape(manifest: dict[str, Any], path: Path) -> None:
+    # predict turns pictures into rows of this shape: it must be whole numbers that make the
+    # input size, or absent.
+    shape = manifest.get("image_shape")
+    if shape is None:
+        return
+    width = shard_format(manifest).input_size
+    if (
+        not isinstance(shape, list)
+        or len(shape) < 2
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
+        or math.prod(shape) != width
+    ):
+        raise DtrainError(
+            f"{path}: image_shape {shape!r} is not a list of 2 or more sizes whose product is "
+            f"the input size {width}"
+        )
 
 
 def _check_shard_digest(shard: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from dtrain.service.data import tables
 from dtrain.service.data.dataset import describe, prepare, read_manifest
+from dtrain.service.data.manifest import image_shape
 from dtrain.service.data.sources import load_source
 from dtrain.service.errors import DtrainError
 from dtrain.workers.shardformat import MNIST_FORMAT, ShardFormat
@@ -188,7 +189,7 @@ def test_a_manifest_from_before_the_format_fields_reads_as_mnist(tiny_copy: Path
 def test_shards_that_disagree_with_the_manifest_format_are_refused(tiny_copy: Path) -> None:
     path = tiny_copy / "manifest.json"
     manifest = json.loads(path.read_text())
-    manifest["input_size"] = 64
+    manifest["input_size"], manifest["image_shape"] = 64, [8, 8]
     path.write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match="schema"):
         read_split(tiny_copy, "train")
@@ -206,3 +207,13 @@ def test_shard_format_schema_of_mnist_is_the_old_schema() -> None:
         "  child 0, item: uint8\n"
         "label: uint8 not null"
     )
+
+
+def test_an_image_shape_that_does_not_make_the_input_size_is_refused(tiny_copy: Path) -> None:
+    path = tiny_copy / "manifest.json"
+    manifest = json.loads(path.read_text())
+    assert image_shape(read_manifest(tiny_copy)) == (28, 28)
+    manifest["image_shape"] = [28, 27]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(DtrainError, match=r"image_shape \[28, 27\] is not a list of 2 or more"):
+        read_manifest(tiny_copy)
