@@ -9,7 +9,9 @@ import click
 
 from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import json_option
-from dtrain.service.data import dataset
+from dtrain.service.data import dataset, tables
+from dtrain.service.data.manifest import input_text
+from dtrain.workers.shardformat import MAX_CLASSES
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 _DEFAULT_DIR_HELP = "$DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist"
@@ -17,7 +19,7 @@ _DEFAULT_DIR_HELP = "$DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist"
 
 @click.group("data", cls=DtrainGroup)
 def data() -> None:
-    """Prepare MNIST as Arrow shards and inspect prepared data."""
+    """Prepare a dataset (MNIST or your own) as Arrow shards and inspect prepared data."""
 
 
 @data.command("prepare")
@@ -25,8 +27,10 @@ def data() -> None:
     "--source",
     metavar="PATH|URL",
     default=None,
-    help="Directory of the 4 IDX files (.gz or raw), a keras-style .npz, or an http(s) URL "
-    "serving the 4 .gz files. Default: the MNIST copy shipped with dtrain.",
+    help="Directory of the 4 IDX files (.gz or raw; images of any size), a keras-style .npz "
+    "(x_train, y_train, x_test, y_test; images or feature rows), a directory of train and test "
+    "tables (.parquet, .arrow or .feather), or an http(s) URL serving the 4 IDX .gz files. "
+    "Default: the MNIST copy shipped with dtrain.",
 )
 @click.option(
     "--out",
@@ -49,24 +53,59 @@ def data() -> None:
     show_default=True,
     help="Number of test shards.",
 )
+@click.option(
+    "--num-classes",
+    type=click.IntRange(min=2, max=MAX_CLASSES),
+    default=None,
+    help="Number of classes K: every label must be in 0..K-1. [default: the largest label + 1]",
+)
+@click.option(
+    "--feature-column",
+    default=None,
+    help="A table source's column of features (a list of numbers per row). "
+    "[default: the one column besides the label]",
+)
+@click.option(
+    "--label-column",
+    default=None,
+    help=f"A table source's column of integer labels. [default: {tables.DEFAULT_LABEL_COLUMN}]",
+)
 @click.option("--force", is_flag=True, help="Replace an existing prepared directory.")
 def prepare_cmd(
-    source: str | None, out: Path | None, num_shards: int, num_test_shards: int, force: bool
+    source: str | None,
+    out: Path | None,
+    num_shards: int,
+    num_test_shards: int,
+    num_classes: int | None,
+    feature_column: str | None,
+    label_column: str | None,
+    force: bool,
 ) -> None:
-    """Validate a source and write it as Arrow IPC shards plus manifest.json."""
+    """Validate a source and write it as Arrow IPC shards plus manifest.json.
+
+    uint8 data are pixels (scaled into [0, 1] for the network); other numbers are features used
+    as they are, so scale them yourself (to about [0, 1]). The network that `dtrain train`
+    builds takes its input size and class count from the prepared data.
+    """
     out_dir = out if out is not None else dataset.default_data_dir()
+    columns = None
+    if feature_column is not None or label_column is not None:
+        label = label_column if label_column is not None else tables.DEFAULT_LABEL_COLUMN
+        columns = tables.Columns(feature=feature_column, label=label)
     manifest = dataset.prepare(
         out_dir,
         source=source,
         num_shards=num_shards,
         num_test_shards=num_test_shards,
         force=force,
+        num_classes=num_classes,
+        columns=columns,
     )
     train, test = manifest["splits"]["train"], manifest["splits"]["test"]
     click.echo(
         f"prepared {train['num_samples']} train samples in {len(train['shards'])} shards and "
         f"{test['num_samples']} test samples in {len(test['shards'])} shards "
-        f"from {manifest['source']} into {out_dir}"
+        f"from {manifest['source']} into {out_dir}: {input_text(manifest)}"
     )
 
 

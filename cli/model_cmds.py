@@ -96,7 +96,7 @@ def predict(
     from dtrain.service.train import checkpoint
     from dtrain.service.train.runinfo import check_input_size, scoring_data
     from dtrain.workers.model import Network
-    from dtrain.workers.shards import ShardError, read_rows
+    from dtrain.workers.shards import ShardError, read_rows, to_float
 
     if not inputs and test_samples is None:
         raise click.UsageError("give image files as INPUTS or --test-samples N")
@@ -118,7 +118,8 @@ def predict(
     net = Network(ckpt.spec)
     for source, images, labels in batches:
         check_input_size(ckpt.spec, images.shape[1])
-        probs = net.predict_proba(ckpt.params, images.astype(np.float32) / np.float32(255))
+        # to_float: pixels scaled as in training, a dataset's float features as they are.
+        probs = net.predict_proba(ckpt.params, to_float(images))
         for i, row in enumerate(probs):
             digit = int(row.argmax())
             rec: dict[str, Any] = {

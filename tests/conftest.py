@@ -128,3 +128,28 @@ def mnist_trained(prepared_mnist: Path, tmp_path_factory: pytest.TempPathFactory
     config = TrainConfig(data_dir=prepared_mnist, run_dir=run_dir, model=spec)
     (run_dir / "config.json").write_text(json.dumps(config.to_dict()))
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def digits() -> dict[str, tuple[object, object]]:
+    """Stand-in for scikit-learn's 8x8 digits (1797 images, values 0..16, 10 classes), made
+    with NumPy so the tests need no scikit-learn and SciPy: one 8x8 stroke pattern per class,
+    each sample shifted by up to a pixel and noised. Split 1437 / 360 like an 80/20 split.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(16)
+    prototypes = (rng.random((10, 8, 8)) < 0.35) * 16.0
+    labels = np.arange(1797) % 10
+    rng.shuffle(labels)
+    images = prototypes[labels]
+    for axis in (1, 2):
+        shifts = rng.integers(-1, 2, len(images))
+        images = np.stack(
+            [np.roll(im, s, axis=axis - 1) for im, s in zip(images, shifts, strict=True)]
+        )
+    images = np.clip(np.rint(images + rng.normal(0, 4, images.shape)), 0, 16)
+    return {
+        "train": (images[:1437], labels[:1437]),
+        "test": (images[1437:], labels[1437:]),
+    }

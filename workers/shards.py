@@ -1,7 +1,8 @@
-"""Reading prepared MNIST shards: Arrow IPC files, described by manifest.json.
+"""Reading prepared shards: Arrow IPC files, described by manifest.json.
 
 This module is imported by worker actors and by the driver's data preparation alike, so it holds
-the on-disk contract (``SCHEMA`` and the image size) and depends on nothing in ``service/``.
+the reading side of the on-disk contract (``workers/shardformat.py`` holds the contract itself)
+and depends on nothing in ``service/``.
 Its errors are ``ShardError`` with a one-line message; the service maps them to ``DtrainError``.
 
 A shard's bytes come from one of three places (a ``ShardSource``): a directory on this node's
@@ -21,23 +22,13 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-IMAGE_SHAPE: tuple[int, int] = (28, 28)
-IMAGE_SIZE: int = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
-NUM_CLASSES: int = 10
-
-SCHEMA: pa.Schema = pa.schema(
-    [
-        pa.field("image", pa.list_(pa.uint8(), IMAGE_SIZE), nullable=False),
-        pa.field("label", pa.uint8(), nullable=False),
-    ]
-)
+# ShardError and shard_format are re-exported: callers catch and call them from here.
+from dtrain.workers.shardformat import MNIST_FORMAT, ShardFormat, is_count
+from dtrain.workers.shardformat import ShardError as ShardError
+from dtrain.workers.shardformat import shard_format as shard_format
 
 # Enough for every shard of a few prepared directories; each entry is only a view of a memory map.
 _SHARD_CACHE_SIZE = 64
-
-
-class ShardError(ValueError):
-    """A prepared shard or its manifest entry is missing, malformed or inconsistent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +38,7 @@ class ShardEntry:
     file: str
     num_rows: int
     offset: int
+    shard_format: ShardFormat = MNIST_FORMAT
 
 
 def one_line(text: object) -> str:
@@ -66,13 +58,14 @@ def shard_entries(manifest: dict[str, Any], split: str) -> list[ShardEntry]:
         info = manifest["splits"][split]
     except (KeyError, TypeError):
         raise ShardError(f"manifest has no split {split!r}") from None
+    fmt = shard_format(manifest)
     try:
         num_samples = info["num_samples"]
         raw = info["shards"]
-        entries = [ShardEntry(s["file"], s["num_rows"], s["offset"]) for s in raw]
+        entries = [ShardEntry(s["file"], s["num_rows"], s["offset"], fmt) for s in raw]
     except (KeyError, TypeError) as e:
         raise ShardError(f"manifest split {split!r} is malformed (missing {e})") from None
-    if not _is_count(num_samples):
+    if not is_count(num_samples):
         raise ShardError(f"manifest split {split!r}: num_samples {num_samples!r} is not a count")
     if not entries:
         raise ShardError(f"manifest split {split!r} lists no shards")
@@ -88,11 +81,6 @@ def shard_entries(manifest: dict[str, Any], split: str) -> list[ShardEntry]:
     return entries
 
 
-def _is_count(value: object) -> bool:
-    # bool is an int subclass, and JSON true must not pass for 1.
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
 def _check_entry(entry: ShardEntry, split: str, expected_offset: int) -> None:
     # The name is joined onto the data directory, so a path here could read any file.
     if (
@@ -103,11 +91,11 @@ def _check_entry(entry: ShardEntry, split: str, expected_offset: int) -> None:
         raise ShardError(
             f"manifest split {split!r}: shard file {entry.file!r} is not a plain file name"
         )
-    if not _is_count(entry.num_rows) or entry.num_rows == 0:
+    if not is_count(entry.num_rows) or entry.num_rows == 0:
         raise ShardError(
             f"{entry.file}: manifest num_rows {entry.num_rows!r} is not a positive count"
         )
-    if entry.offset != expected_offset or not _is_count(entry.offset):
+    if entry.offset != expected_offset or not is_count(entry.offset):
         raise ShardError(
             f"{entry.file}: manifest offset {entry.offset!r} should be {expected_offset} "
             "(shards must tile the split in order)"
@@ -132,7 +120,7 @@ class LocalShards:
     data_dir: str
 
     def load(self, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
-        return _load_shard(Path(self.data_dir).expanduser() / entry.file, entry.num_rows)
+        return _load_shard(Path(self.data_dir).expanduser() / entry.file, entry)
 
 
 @dataclass(frozen=True)
@@ -143,7 +131,7 @@ class FileSystemShards:
 
     def load(self, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
         with open_uri_file(self.uri, entry.file) as f:
-            return read_ipc(f, entry.file, entry.num_rows)
+            return read_ipc(f, entry.file, entry.num_rows, entry.shard_format)
 
 
 @dataclass(frozen=True)
@@ -162,7 +150,7 @@ class ObjectStoreShards:
         ref = self.refs.get(entry.file)
         if ref is None:
             raise ShardError(f"{entry.file}: the driver did not ship this shard to the worker")
-        return read_ipc_bytes(ray.get(ref), entry.file, entry.num_rows)
+        return read_ipc_bytes(ray.get(ref), entry.file, entry.num_rows, entry.shard_format)
 
 
 def as_source(location: Path | str | ShardSource) -> ShardSource:
@@ -202,9 +190,10 @@ def read_rows(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rows [start, stop) of a split, reading across shard boundaries as one sequence.
 
-    ``data`` is a local directory, a ``pyarrow.fs`` URI or a ``ShardSource``. Returns (images
-    (n, 784) uint8, labels (n,) uint8). When the rows lie in one shard the arrays are read-only
-    views of it (no copy); across shards they are a fresh concatenation.
+    ``data`` is a local directory, a ``pyarrow.fs`` URI or a ``ShardSource``. Returns (features
+    (n, input_size) uint8 or float32, labels (n,) uint8 or uint16). When the rows lie in one
+    shard the arrays are read-only views of it (no copy); across shards they are a fresh
+    concatenation.
     """
     source = as_source(data)
     entries = shard_entries(manifest, split)
@@ -222,20 +211,22 @@ def read_rows(
         images.append(shard_images[lo:hi])
         labels.append(shard_labels[lo:hi])
     if not images:
-        return np.empty((0, IMAGE_SIZE), np.uint8), np.empty(0, np.uint8)
+        fmt = entries[0].shard_format
+        return np.empty((0, fmt.input_size), fmt.feature_type), np.empty(0, fmt.label_dtype)
     if len(images) == 1:
         return images[0], labels[0]
     return np.concatenate(images), np.concatenate(labels)
 
 
 def to_float(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels -> float32 in [0, 1], the network's input scaling."""
+    """The network's input: uint8 pixels scaled into [0, 1]; float32 features as they are."""
     out = np.asarray(images).astype(np.float32)
-    out /= np.float32(255.0)
+    if images.dtype == np.uint8:
+        out /= np.float32(255.0)
     return out
 
 
-def _load_shard(path: Path, expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def _load_shard(path: Path, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -244,40 +235,46 @@ def _load_shard(path: Path, expected_rows: int) -> tuple[np.ndarray, np.ndarray]
         raise ShardError(f"{path.name}: cannot stat shard ({one_line(e.strerror or e)})") from None
     # Keyed on identity and mtime so that a re-prepared directory (new files renamed in) is reread,
     # while a worker drawing one batch per step validates each shard once, not once per step.
-    return _open_shard(str(path), st.st_ino, st.st_size, st.st_mtime_ns, expected_rows)
+    return _open_shard(
+        str(path), st.st_ino, st.st_size, st.st_mtime_ns, entry.num_rows, entry.shard_format
+    )
 
 
 @functools.lru_cache(maxsize=_SHARD_CACHE_SIZE)
 def _open_shard(
-    path: str, inode: int, size: int, mtime_ns: int, expected_rows: int
+    path: str, inode: int, size: int, mtime_ns: int, expected_rows: int, fmt: ShardFormat
 ) -> tuple[np.ndarray, np.ndarray]:
     del inode, size, mtime_ns  # cache key only
     name = Path(path).name
     try:
         # The returned arrays keep the mapping alive after the file object is gone.
         with pa.memory_map(path, "r") as source:
-            return read_ipc(source, name, expected_rows)
+            return read_ipc(source, name, expected_rows, fmt)
     except (OSError, pa.ArrowException) as e:
         raise ShardError(f"{name}: not a readable Arrow IPC file ({one_line(e)})") from None
 
 
-def read_ipc_bytes(data: Any, name: str, expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def read_ipc_bytes(
+    data: Any, name: str, expected_rows: int, fmt: ShardFormat = MNIST_FORMAT
+) -> tuple[np.ndarray, np.ndarray]:
     """``read_ipc`` over a whole file held in memory (bytes, a uint8 array, a ``pa.Buffer``)."""
     buf = data if isinstance(data, pa.Buffer) else pa.py_buffer(data)
-    return read_ipc(pa.BufferReader(buf), name, expected_rows)
+    return read_ipc(pa.BufferReader(buf), name, expected_rows, fmt)
 
 
-def read_ipc(source: Any, name: str, expected_rows: int) -> tuple[np.ndarray, np.ndarray]:
+def read_ipc(
+    source: Any, name: str, expected_rows: int, fmt: ShardFormat = MNIST_FORMAT
+) -> tuple[np.ndarray, np.ndarray]:
     """Read one shard from an open Arrow file and check it against the contract and manifest.
 
     Every transport ends here, so a shard is held to the same checks wherever it came from.
     """
     try:
         reader = pa.ipc.open_file(source)
-        if not reader.schema.equals(SCHEMA):
+        if not reader.schema.equals(fmt.schema):
             raise ShardError(
                 f"{name}: schema ({schema_summary(reader.schema)}) is not the expected "
-                f"({schema_summary(SCHEMA)})"
+                f"({schema_summary(fmt.schema)})"
             )
         table = reader.read_all()
         # Full validation catches buffers that disagree with the footer before NumPy sees them.
@@ -290,22 +287,25 @@ def read_ipc(source: Any, name: str, expected_rows: int) -> tuple[np.ndarray, np
         raise ShardError(
             f"{name}: shard has {table.num_rows} rows, the manifest says {expected_rows}"
         )
-    return _table_arrays(table, name)
+    return _table_arrays(table, name, fmt)
 
 
-def _table_arrays(table: pa.Table, name: str) -> tuple[np.ndarray, np.ndarray]:
+def _table_arrays(table: pa.Table, name: str, fmt: ShardFormat) -> tuple[np.ndarray, np.ndarray]:
     image_col = _single_chunk(table.column("image"))
     label_col = _single_chunk(table.column("label"))
     flat = image_col.flatten()
     if image_col.null_count or flat.null_count or label_col.null_count:
         raise ShardError(f"{name}: shard holds null images or labels")
-    # (n * 784,) -> (n, 784); zero-copy for the single-batch files prepare writes.
-    images = flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, IMAGE_SIZE)
+    # (n * width,) -> (n, width); zero-copy for the single-batch files prepare writes.
+    images = flat.to_numpy(zero_copy_only=False).reshape(table.num_rows, fmt.input_size)
     labels = label_col.to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(labels >= NUM_CLASSES)
+    bad = np.flatnonzero(labels >= fmt.num_classes)
     if bad.size:
         row = int(bad[0])
-        raise ShardError(f"{name}: label {int(labels[row])} at row {row} is out of range 0..9")
+        raise ShardError(
+            f"{name}: label {int(labels[row])} at row {row} is out of range "
+            f"0..{fmt.num_classes - 1}"
+        )
     # Cached arrays are shared by every caller; a copy made by concatenation must not be mutable.
     images.flags.writeable = False
     labels.flags.writeable = False

@@ -1,9 +1,10 @@
 """The dataset's public names in one import, for callers that want the whole of it.
 
-The work lives in modules of one idea each: ``sources`` (reading and validating MNIST from the
-embedded copy, IDX files, an ``.npz`` or a URL), ``prepare`` (writing the Arrow shards and the
-manifest atomically; ``ensure_prepared``), ``outdir`` (what a prepare may replace), and
-``manifest`` (reading it back, verifying shards, describing it).
+The work lives in modules of one idea each: ``sources`` (reading a source: the embedded MNIST,
+IDX files, an ``.npz``, Parquet or Arrow tables (``tables``), a URL), ``validate`` (the checks
+every source gets), ``prepare`` (writing the Arrow shards and the manifest atomically;
+``ensure_prepared``), ``outdir`` (what a prepare may replace), and ``manifest`` (reading it
+back, verifying shards, describing it).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dtrain.service.data.manifest import (
 )
 from dtrain.service.data.prepare import default_data_dir, ensure_prepared, prepare
 from dtrain.service.data.sources import EMBEDDED_DIR, load_source
-from dtrain.workers.shards import SCHEMA
+from dtrain.workers.shardformat import SCHEMA
 
 __all__ = [
     "EMBEDDED_DIR",

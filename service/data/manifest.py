@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from dtrain.service.errors import DtrainError
-from dtrain.workers.shards import SCHEMA, ShardError, one_line, schema_summary, shard_entries
+from dtrain.workers.shards import ShardError, one_line, schema_summary, shard_entries, shard_format
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "dtrain-mnist-arrow"
@@ -55,6 +56,32 @@ def check_manifest(manifest: Any, path: Path) -> None:
                 _check_shard_digest(shard)
         except ShardError as e:
             raise DtrainError(f"{path}: {e}") from None
+    _check_image_shape(manifest, path)
+
+
+def image_shape(manifest: dict[str, Any]) -> tuple[int, ...] | None:
+    """The shape of one image, or None for rows of features (a checked manifest's)."""
+    shape = manifest.get("image_shape")
+    return None if shape is None else tuple(shape)
+
+
+def _check_image_shape(manifest: dict[str, Any], path: Path) -> None:
+    # predict turns pictures into rows of this shape: it must be whole numbers that make the
+    # input size, or absent.
+    shape = manifest.get("image_shape")
+    if shape is None:
+        return
+    width = shard_format(manifest).input_size
+    if (
+        not isinstance(shape, list)
+        or len(shape) < 2
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
+        or math.prod(shape) != width
+    ):
+        raise DtrainError(
+            f"{path}: image_shape {shape!r} is not a list of 2 or more sizes whose product is "
+            f"the input size {width}"
+        )
 
 
 def _check_shard_digest(shard: dict[str, Any]) -> None:
@@ -98,11 +125,14 @@ def describe(manifest: dict[str, Any]) -> str:
     """A human summary of a manifest: source, creation time, per-split counts, schema."""
     # read_manifest checks only what reading needs; the rest may be absent from a hand-made one.
     schema = manifest.get("schema", "?")
+    fmt = shard_format(manifest)
+    known = str(fmt.schema)
     lines = [
         f"format:  {manifest['format']} v{manifest['version']}",
         f"source:  {manifest.get('source', '?')}",
         f"created: {manifest.get('created', '?')}",
-        f"schema:  {schema_summary(SCHEMA) if schema == str(SCHEMA) else one_line(schema)}",
+        f"schema:  {schema_summary(fmt.schema) if schema == known else one_line(schema)}",
+        f"input:   {input_text(manifest)}",
     ]
     for split in SPLITS:
         info = manifest["splits"][split]
@@ -118,3 +148,17 @@ def describe(manifest: dict[str, Any]) -> str:
         counts = "  ".join(f"{digit}:{count}" for digit, count in enumerate(histogram)) or "?"
         lines.append(f"  label counts  {counts}")
     return "\n".join(lines)
+
+
+def input_text(manifest: dict[str, Any]) -> str:
+    """What one sample is, in words: "8x8 uint8 images (64 values), 10 classes"."""
+    fmt = shard_format(manifest)
+    shape = manifest.get("image_shape")
+    if isinstance(shape, list) and shape:
+        what = f"{'x'.join(map(str, shape))} {fmt.feature_type} images ({fmt.input_size} values)"
+    else:
+        what = f"{fmt.input_size} {fmt.feature_type} features"
+    span = manifest.get("feature_range")
+    if isinstance(span, list) and len(span) == 2:
+        what += f" in [{span[0]:g}, {span[1]:g}]"
+    return f"{what}, {fmt.num_classes} classes"

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dtrain.service.data import outdir
+from dtrain.service.data import outdir, tables
 from dtrain.service.data.manifest import (
     FORMAT,
     MANIFEST_NAME,
@@ -29,9 +29,11 @@ from dtrain.service.data.manifest import (
     read_manifest,
     sha256_file,
 )
-from dtrain.service.data.sources import EMBEDDED_SOURCE, Split, load_source
+from dtrain.service.data.sources import EMBEDDED_SOURCE, load_source
+from dtrain.service.data.validate import Split, source_format
 from dtrain.service.errors import DtrainError
-from dtrain.workers.shards import IMAGE_SHAPE, IMAGE_SIZE, NUM_CLASSES, SCHEMA, one_line
+from dtrain.workers.shardformat import ShardFormat
+from dtrain.workers.shards import one_line
 
 
 def default_data_dir() -> Path:
@@ -49,8 +51,14 @@ def prepare(
     num_shards: int = 8,
     num_test_shards: int = 2,
     force: bool = False,
+    num_classes: int | None = None,
+    columns: tables.Columns | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir`` as Arrow shards plus manifest.json, atomically; return the manifest."""
+    """Write ``out_dir`` as Arrow shards plus manifest.json, atomically; return the manifest.
+
+    ``num_classes`` states K (else the largest label + 1); ``columns`` names a table source's
+    feature and label columns.
+    """
     out_dir = Path(out_dir).expanduser().resolve()
     shard_counts = {"train": num_shards, "test": num_test_shards}
     for split, count in shard_counts.items():
@@ -58,7 +66,8 @@ def prepare(
             raise DtrainError(f"number of {split} shards must be an integer >= 1, got {count!r}")
     outdir.sweep_stale_tmp(out_dir)
     outdir.check_out_dir(out_dir, force=force)
-    data = load_source(source)
+    data = load_source(source, num_classes=num_classes, columns=columns)
+    fmt, image_shape = source_format(data, num_classes)
     for split, count in shard_counts.items():
         if count > len(data[split][1]):
             raise DtrainError(
@@ -77,7 +86,7 @@ def prepare(
         if tmp.is_dir() and not tmp.is_symlink():
             outdir.remove_dataset_dir(tmp)  # our own pid's, from an earlier life of this pid
         tmp.mkdir()
-        manifest = _write_all(tmp, data, shard_counts, source_text)
+        manifest = _write_all(tmp, data, shard_counts, source_text, fmt, image_shape)
         _install(tmp, out_dir, force=force)
     except BaseException as e:
         if tmp.is_dir() and not tmp.is_symlink():
@@ -101,19 +110,32 @@ def _source_text(source: str | Path) -> str:
 
 
 def _write_all(
-    tmp: Path, data: dict[str, Split], shard_counts: dict[str, int], source: str
+    tmp: Path,
+    data: dict[str, Split],
+    shard_counts: dict[str, int],
+    source: str,
+    fmt: ShardFormat,
+    image_shape: tuple[int, ...] | None,
 ) -> dict[str, Any]:
     splits = {
-        split: _write_split(tmp, split, *data[split], shard_counts[split]) for split in SPLITS
+        split: _write_split(tmp, split, *data[split], shard_counts[split], fmt) for split in SPLITS
     }
+    # What the network is built from (input_size, num_classes) and how its input is made
+    # (feature_type: uint8 pixels scaled by 1/255, or float32 as they are). The range is for
+    # people: features far outside about [-1, 1] train badly, and dtrain does not rescale them.
+    low = min(float(data[s][0].min()) for s in SPLITS)
+    high = max(float(data[s][0].max()) for s in SPLITS)
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
         "source": source,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "schema": str(SCHEMA),
-        "image_shape": list(IMAGE_SHAPE),
-        "num_classes": NUM_CLASSES,
+        "schema": str(fmt.schema),
+        "input_size": fmt.input_size,
+        "image_shape": list(image_shape) if image_shape is not None else None,
+        "feature_type": fmt.feature_type,
+        "feature_range": [low, high],
+        "num_classes": fmt.num_classes,
         "splits": splits,
     }
     # The manifest goes last: its presence is what marks the directory complete.
@@ -125,13 +147,13 @@ def _write_all(
 
 
 def _write_split(
-    tmp: Path, split: str, images: np.ndarray, labels: np.ndarray, count: int
+    tmp: Path, split: str, images: np.ndarray, labels: np.ndarray, count: int, fmt: ShardFormat
 ) -> dict[str, Any]:
     shards = []
     for index, (lo, hi) in enumerate(_shard_bounds(len(labels), count)):
         name = f"{split}-{index:05d}-of-{count:05d}.arrow"
         path = tmp / name
-        _write_shard(path, images[lo:hi], labels[lo:hi])
+        _write_shard(path, images[lo:hi], labels[lo:hi], fmt)
         shards.append(
             {
                 "file": name,
@@ -139,10 +161,14 @@ def _write_split(
                 "offset": lo,
                 "bytes": path.stat().st_size,
                 "sha256": sha256_file(path),
-                "label_histogram": _histogram(labels[lo:hi]),
+                "label_histogram": _histogram(labels[lo:hi], fmt.num_classes),
             }
         )
-    return {"num_samples": len(labels), "label_histogram": _histogram(labels), "shards": shards}
+    return {
+        "num_samples": len(labels),
+        "label_histogram": _histogram(labels, fmt.num_classes),
+        "shards": shards,
+    }
 
 
 def _shard_bounds(n: int, count: int) -> list[tuple[int, int]]:
@@ -157,21 +183,27 @@ def _shard_bounds(n: int, count: int) -> list[tuple[int, int]]:
     return bounds
 
 
-def _write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    # (n, 28, 28) -> flat (n * 784,) values of a fixed-size list; pa.array wraps it without a copy.
-    flat = pa.array(np.ascontiguousarray(images).reshape(-1), type=pa.uint8())
+def _write_shard(path: Path, images: np.ndarray, labels: np.ndarray, fmt: ShardFormat) -> None:
+    # (n, ...) -> flat (n * width,) values of a fixed-size list; pa.array wraps it without a copy.
+    schema = fmt.schema
+    flat = pa.array(
+        np.ascontiguousarray(images).reshape(-1), type=schema.field("image").type.value_type
+    )
     batch = pa.record_batch(
-        [pa.FixedSizeListArray.from_arrays(flat, IMAGE_SIZE), pa.array(labels, type=pa.uint8())],
-        schema=SCHEMA,
+        [
+            pa.FixedSizeListArray.from_arrays(flat, fmt.input_size),
+            pa.array(labels, type=schema.field("label").type),
+        ],
+        schema=schema,
     )
     # One uncompressed record batch per shard, so a reader maps it and slices without copying.
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, SCHEMA) as writer:
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         writer.write_batch(batch)
     _fsync(path)
 
 
-def _histogram(labels: np.ndarray) -> list[int]:
-    counts: list[int] = np.bincount(labels, minlength=NUM_CLASSES).tolist()
+def _histogram(labels: np.ndarray, num_classes: int) -> list[int]:
+    counts: list[int] = np.bincount(labels, minlength=num_classes).tolist()
     return counts
 
 

@@ -1,10 +1,13 @@
-"""Where MNIST comes from: reading and validating a source before anything is written.
+"""Where a dataset comes from: reading and validating a source before anything is written.
 
-Sources: the copy embedded in the repository (checked against the canonical sha256 sums), a
-directory of the four IDX files, a keras-style ``.npz``, or an http(s) URL serving the four
-``.gz`` files. Every source gets the same checks (shapes, counts, labels 0..9) and comes back
-as {"train": (images (N,28,28) u8, labels (N,) u8), "test": ...}. ``read_maybe_gzip`` and
-``parse_idx`` are public: ``predict`` reads IDX image files with them too.
+Sources: the MNIST copy embedded in the repository (checked against the canonical sha256 sums),
+a directory of the four IDX files (uint8 images of any size, as MNIST, Fashion-MNIST and EMNIST
+ship), a keras-style ``.npz``, a directory of ``train`` and ``test`` Parquet or Arrow tables
+(service/data/tables.py), or an http(s) URL serving the four IDX ``.gz`` files. Every source
+gets the same checks (shapes, counts, finite values, labels 0..K-1) and comes back as
+{"train": (features (N, ...), labels (N,)), "test": ...}: features uint8 (pixels) or float32
+(values used as they are), the same row shape in both splits, labels uint8 (uint16 past 256
+classes). ``read_maybe_gzip`` and ``parse_idx`` are public: ``predict`` reads IDX files too.
 """
 
 from __future__ import annotations
@@ -21,17 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
-from dtrain.service.data import npzsafe
+from dtrain.service.data import npzsafe, tables, validate
 from dtrain.service.data.manifest import SPLITS
+from dtrain.service.data.validate import Split
 from dtrain.service.errors import DtrainError
-from dtrain.workers.shards import IMAGE_SHAPE, IMAGE_SIZE, NUM_CLASSES, one_line
+from dtrain.workers.shardformat import MAX_CLASSES
+from dtrain.workers.shards import one_line
 
 # parents[2] is the project root both installed (editable) and staged for a Ray job.
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "data" / "mnist"
 EMBEDDED_SOURCE = "embedded"
 
+# IDX magic: two zero bytes, the data type (0x08: uint8), the number of dimensions. Images may
+# have any number of dimensions >= 2 (N, then each image's shape); labels have exactly one.
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
+_IDX_UINT8 = 0x08
 
 # sha256 of the decompressed canonical files, so a damaged embedded copy is caught at prepare time.
 KNOWN_SHA256: dict[str, str] = {
@@ -48,30 +56,63 @@ MAX_SOURCE_BYTES = 1 << 30
 _DOWNLOAD_TIMEOUT_S = 30
 _CHUNK = 1 << 20
 
-Split = tuple[np.ndarray, np.ndarray]
+
+def load_source(
+    source: str | Path | None,
+    *,
+    num_classes: int | None = None,
+    columns: tables.Columns | None = None,
+) -> dict[str, Split]:
+    """Load and validate a source: {"train": (features, labels), "test": ...}.
+
+    ``num_classes`` states K (a label outside 0..K-1 is then an error); without it K is the
+    largest label + 1. ``columns`` names a table source's columns (default: tables.Columns()).
+    """
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, int)
+        or not 2 <= num_classes <= MAX_CLASSES
+    ):
+        raise DtrainError(f"number of classes must be an integer in 2..{MAX_CLASSES}")
+    kind, path = _kind(source)
+    if columns is not None and kind != "tables":
+        raise DtrainError(
+            "--feature-column and --label-column apply to a directory of Parquet or Arrow "
+            "tables only"
+        )
+    if kind == "embedded":
+        raw = _load_dir(EMBEDDED_DIR, check_sha=True, num_classes=num_classes)
+    elif kind == "url":
+        raw = _load_url(str(source), num_classes)
+    elif kind == "tables":
+        raw = _load_tables(path, columns or tables.Columns(), num_classes)
+    elif kind == "idx":
+        raw = _load_dir(path, check_sha=False, num_classes=num_classes)
+    else:
+        raw = _load_npz(path, num_classes)
+    return validate.consistent(raw, num_classes)
 
 
-def load_source(source: str | Path | None) -> dict[str, Split]:
-    """Load and validate a source: {"train": (images (N,28,28) u8, labels (N,) u8), "test": ...}."""
+def _kind(source: str | Path | None) -> tuple[str, Path]:
     if source is None:
-        return _load_dir(EMBEDDED_DIR, check_sha=True)
+        return "embedded", EMBEDDED_DIR
     text = str(source)
     if text.lower().startswith(("http://", "https://")):
-        return _load_url(text)
+        return "url", Path()
     path = Path(text).expanduser()
     if not path.exists():
         raise DtrainError(f"{path}: source does not exist")
     if path.is_dir():
-        return _load_dir(path, check_sha=False)
+        return ("tables" if tables.table_files(path) else "idx"), path
     if path.suffix.lower() == ".npz":
-        return _load_npz(path)
+        return "npz", path
     raise DtrainError(
-        f"{path}: unsupported source; expected a directory of IDX files, an .npz file "
-        "or an http(s):// URL"
+        f"{path}: unsupported source; expected a directory of IDX files or of train/test "
+        "Parquet or Arrow tables, an .npz file or an http(s):// URL"
     )
 
 
-def _load_dir(directory: Path, *, check_sha: bool) -> dict[str, Split]:
+def _load_dir(directory: Path, *, check_sha: bool, num_classes: int | None) -> dict[str, Split]:
     if not directory.is_dir():
         raise DtrainError(f"{directory}: source directory does not exist")
     result: dict[str, Split] = {}
@@ -80,7 +121,21 @@ def _load_dir(directory: Path, *, check_sha: bool) -> dict[str, Split]:
         labels_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
         images = parse_idx(_read_idx_file(images_path, check_sha), images_path.name, IMAGES_MAGIC)
         labels = parse_idx(_read_idx_file(labels_path, check_sha), labels_path.name, LABELS_MAGIC)
-        result[split] = _validated(images, labels, images_path.name, labels_path.name)
+        result[split] = validate.validated(
+            images, labels, images_path.name, labels_path.name, num_classes
+        )
+    return result
+
+
+def _load_tables(
+    directory: Path, columns: tables.Columns, num_classes: int | None
+) -> dict[str, Split]:
+    files = tables.table_files(directory)
+    result: dict[str, Split] = {}
+    for split in SPLITS:
+        path = files[split]
+        features, labels, names = tables.load_table(path, columns, MAX_SOURCE_BYTES)
+        result[split] = validate.validated(features, labels, *names, num_classes)
     return result
 
 
@@ -129,16 +184,22 @@ def read_maybe_gzip(path: Path) -> bytes:
 
 
 def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
-    """IDX: big-endian int32 magic (low byte = number of dims), int32 dims, then uint8 data."""
+    """IDX: big-endian int32 magic (low byte = number of dims), int32 dims, then uint8 data.
+
+    With ``IMAGES_MAGIC`` any uint8 IDX of two or more dimensions is taken (N images of any
+    shape); with ``LABELS_MAGIC`` exactly one dimension.
+    """
     kind = "images" if magic == IMAGES_MAGIC else "labels"
     if len(data) < 4:
         raise DtrainError(f"{name}: too short for an IDX header ({len(data)} bytes)")
     found = int.from_bytes(data[:4], "big")
-    if found != magic:
+    ndim = found & 0xFF
+    images_ok = kind == "images" and found >> 8 == _IDX_UINT8 and ndim >= 2
+    if found != magic and not images_ok:
+        wanted = "0x000008NN with NN >= 2 dims" if kind == "images" else f"0x{magic:08x}"
         raise DtrainError(
-            f"{name}: wrong magic number 0x{found:08x}, expected 0x{magic:08x} (IDX uint8 {kind})"
+            f"{name}: wrong magic number 0x{found:08x}, expected {wanted} (IDX uint8 {kind})"
         )
-    ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
         raise DtrainError(f"{name}: truncated IDX header ({len(data)} of {header} bytes)")
@@ -154,31 +215,7 @@ def parse_idx(data: bytes, name: str, magic: int) -> np.ndarray:
     return np.frombuffer(data, np.uint8, count=expected, offset=header).reshape(dims)
 
 
-def _validated(images: np.ndarray, labels: np.ndarray, images_name: str, labels_name: str) -> Split:
-    """Checks shared by every source; images arrive as (N, 28, 28) or (N, 784)."""
-    if images.ndim == 2 and images.shape[1] == IMAGE_SIZE:
-        images = images.reshape(len(images), *IMAGE_SHAPE)
-    if images.ndim != 3 or images.shape[1:] != IMAGE_SHAPE:
-        shape = "x".join(str(d) for d in images.shape[1:]) or "scalar"
-        raise DtrainError(f"{images_name}: images are {shape}, expected 28x28")
-    if labels.ndim != 1:
-        raise DtrainError(f"{labels_name}: labels have shape {list(labels.shape)}, expected (N,)")
-    if len(images) != len(labels):
-        raise DtrainError(
-            f"{images_name}: {len(images)} images but {labels_name} has {len(labels)} labels"
-        )
-    if len(images) == 0:
-        raise DtrainError(f"{images_name}: holds no images")
-    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
-    if bad.size:
-        i = int(bad[0])
-        raise DtrainError(
-            f"{labels_name}: label {int(labels[i])} at index {i} is out of range 0..9"
-        )
-    return images, labels.astype(np.uint8, copy=False)
-
-
-def _load_npz(path: Path) -> dict[str, Split]:
+def _load_npz(path: Path, num_classes: int | None) -> dict[str, Split]:
     # Read member by member without pickle: an .npz from a user must not run code or make us
     # allocate what its headers claim (service/data/npzsafe.py).
     if npzsafe.is_npy(path):
@@ -193,12 +230,9 @@ def _load_npz(path: Path) -> dict[str, Split]:
         x_key, y_key = f"x_{split}", f"y_{split}"
         images, labels = arrays[x_key], arrays[y_key]
         x_name, y_name = f"{path.name}[{x_key}]", f"{path.name}[{y_key}]"
-        if images.dtype != np.uint8:
-            # Float pixels would be silently rescaled wrong; refuse rather than guess their range.
-            raise DtrainError(f"{x_name}: dtype {images.dtype}, expected uint8 pixels 0..255")
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DtrainError(f"{y_name}: dtype {labels.dtype}, expected integer labels")
-        result[split] = _validated(images, labels, x_name, y_name)
+        # uint8 are pixels (scaled by 1/255 for the network); other numbers are used as given,
+        # never rescaled by a guess at their range.
+        result[split] = validate.validated(images, labels, x_name, y_name, num_classes)
     return result
 
 
@@ -221,7 +255,7 @@ def _npz_array(npz: npzsafe.NpzReader, key: str, name: str) -> np.ndarray:
         raise DtrainError(f"{name}: cannot read array {key!r} ({e})") from None
 
 
-def _load_url(url: str) -> dict[str, Split]:
+def _load_url(url: str, num_classes: int | None) -> dict[str, Split]:
     base = url.rstrip("/")
     # Downloaded files take the directory path, so a URL source gets exactly the same checks.
     with tempfile.TemporaryDirectory(prefix="dtrain-mnist-") as tmp:
@@ -229,7 +263,7 @@ def _load_url(url: str) -> dict[str, Split]:
             for kind in ("images-idx3", "labels-idx1"):
                 name = f"{prefix}-{kind}-ubyte.gz"
                 _download(f"{base}/{name}", Path(tmp) / name)
-        return _load_dir(Path(tmp), check_sha=False)
+        return _load_dir(Path(tmp), check_sha=False, num_classes=num_classes)
 
 
 def _download(url: str, dest: Path) -> None:

@@ -88,7 +88,7 @@ def _load_uri_dataset(uri: str) -> dict[str, Any]:
                 data = _read_uri_file(uri, entry.file)
                 _check_digest(data, shard, f"{uri}/{entry.file}")
                 if split == "train":
-                    read_ipc_bytes(data, entry.file, entry.num_rows)
+                    read_ipc_bytes(data, entry.file, entry.num_rows, entry.shard_format)
             except ShardError as e:
                 raise DtrainError(str(e)) from e
     return manifest

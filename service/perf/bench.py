@@ -16,6 +16,7 @@ machines or with the load on this one. Variants:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -46,6 +47,7 @@ from dtrain.service.perf.variants import (
     torch_for,
     torch_loop,
 )
+from dtrain.workers.shards import shard_format
 
 Progress = Callable[[str], None]
 # (measured steps, steps per epoch) of each batch size.
@@ -58,6 +60,10 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport
     say = progress or (lambda _msg: None)
     torch, torch_status = torch_for(cfg.use_torch)
     manifest = dataset.ensure_prepared(cfg.data_dir)
+    # Every variant trains the network the data calls for, as `dtrain train` builds it.
+    fmt = shard_format(manifest)
+    model = dataclasses.replace(cfg.model, input_size=fmt.input_size, num_classes=fmt.num_classes)
+    cfg = dataclasses.replace(cfg, model=model)
     n_train = int(manifest["splits"]["train"]["num_samples"])
     plans = {
         b: (

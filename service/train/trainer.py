@@ -7,6 +7,7 @@ steps), ``recovery`` (snapshots, checkpoints, the restart policy).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -28,7 +29,7 @@ from dtrain.service.train.loop import StepLoop
 from dtrain.service.train.plan import EpochPlan, plan_epoch
 from dtrain.service.train.recovery import Checkpointer, RestartPolicy, Snapshot, initial_snapshot
 from dtrain.workers.model import Network
-from dtrain.workers.shards import ShardError, read_rows, to_float
+from dtrain.workers.shards import ShardError, read_rows, shard_format, to_float
 
 
 class Trainer:
@@ -66,6 +67,7 @@ class Trainer:
             session.probe_address(session.resolve_address(self.address))
         # Checked on the driver (checksums, schemas) before any actor exists.
         manifest = transport.load_manifest(c.data_dir)
+        c = self._fit_to_data(manifest)
         num_train = int(manifest["splits"]["train"]["num_samples"])
         plan = plan_epoch(num_train, c.num_workers, c.batch_size)
         session.check_local_workers(c.num_workers, self.address)
@@ -96,6 +98,23 @@ class Trainer:
             raise
         finally:
             self._emit("on_end", summary, error)
+
+    def _fit_to_data(self, manifest: dict[str, Any]) -> TrainConfig:
+        """The network's input size and class count are the data's (the manifest's), not
+        MNIST's: the config, the network and what the checkpoints record follow them."""
+        c = self.config
+        try:
+            fmt = shard_format(manifest)
+            model = dataclasses.replace(
+                c.model, input_size=fmt.input_size, num_classes=fmt.num_classes
+            )
+            fitted = dataclasses.replace(c, model=model)
+        except (ShardError, ValueError) as e:
+            raise DtrainError(f"{c.data_dir}: {e}") from None
+        self.config = fitted
+        self.checkpointer.config = fitted
+        self.net = Network(fitted.model)
+        return fitted
 
     def _build(self, manifest: dict[str, Any], plan: EpochPlan, total_steps: int) -> ActorGroup:
         """Check the cluster can hold the job, then make the run directory: no actor yet."""

@@ -144,6 +144,29 @@ def npz_source(ws: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
+def feature_table(rows: list[list[float]], labels: list[int]) -> pa.Table:
+    return pa.table(
+        {
+            "features": pa.array(rows, type=pa.list_(pa.float32())),
+            "label": pa.array(labels, type=pa.int64()),
+        }
+    )
+
+
+def table_source(ws: Path, **splits: pa.Table) -> Path:
+    """A directory of valid train/test Parquet tables; ``splits`` replaces a split's table."""
+    import pyarrow.parquet as pq
+
+    rows = [[0.0, 1.0], [1.0, 0.0]]
+    base = {"train": feature_table(rows * 15, [0, 1] * 15), "test": feature_table(rows, [0, 1])}
+    base.update(splits)
+    src = ws / "tables"
+    src.mkdir()
+    for split, table in base.items():
+        pq.write_table(table, src / f"{split}.parquet")
+    return src
+
+
 SPEC = ModelSpec(hidden_sizes=(8,))
 
 
@@ -383,12 +406,17 @@ CASES = [
     Case(
         "label-10",
         "dataset",
-        "a label of 10",
-        lambda ws: prepare_args(
-            idx_source(ws, **{"train-labels-idx1-ubyte": idx_bytes(np.full(30, 10), LABELS)}), ws
-        ),
+        "a label of 10 with `--num-classes 10`",
+        lambda ws: [
+            *prepare_args(
+                idx_source(ws, **{"train-labels-idx1-ubyte": idx_bytes(np.full(30, 10), LABELS)}),
+                ws,
+            ),
+            "--num-classes",
+            "10",
+        ],
         1,
-        "label 10",
+        "label 10 at index 0 is out of range 0..9 for 10 classes",
     ),
     Case(
         "nan-pixels",
@@ -396,7 +424,79 @@ CASES = [
         "an `.npz` whose images are floats with NaN",
         lambda ws: prepare_args(npz_source(ws, x_train=np.full((30, 28, 28), np.nan)), ws),
         1,
-        "uint8",
+        "row 0 holds NaN or infinite values",
+    ),
+    Case(
+        "one-class",
+        "dataset",
+        "an `.npz` whose labels are all 0",
+        lambda ws: prepare_args(
+            npz_source(ws, y_train=np.zeros(30, np.uint8), y_test=np.zeros(12, np.uint8)), ws
+        ),
+        1,
+        "a classifier needs at least 2 classes",
+    ),
+    Case(
+        "split-sizes-differ",
+        "dataset",
+        "an `.npz` of 8x8 train and 28x28 test images",
+        lambda ws: prepare_args(npz_source(ws, x_train=np.zeros((30, 8, 8), np.uint8)), ws),
+        1,
+        "train rows are 8x8 but test rows are 28x28",
+    ),
+    Case(
+        "table-ragged",
+        "dataset",
+        "a Parquet feature column whose rows differ in length",
+        lambda ws: prepare_args(
+            table_source(ws, train=feature_table([[1.0, 2.0]] * 5 + [[1.0]], [0, 1] * 3)), ws
+        ),
+        1,
+        "ragged rows: row 0 has 2 values, row 5 has 1",
+    ),
+    Case(
+        "table-strings",
+        "dataset",
+        "a Parquet feature column of strings",
+        lambda ws: prepare_args(
+            table_source(ws, train=pa.table({"features": ["a", "b"], "label": [0, 1]})), ws
+        ),
+        1,
+        "holds string, expected a list of numbers per row",
+    ),
+    Case(
+        "table-no-label",
+        "dataset",
+        "Parquet tables without a `label` column",
+        lambda ws: prepare_args(
+            table_source(
+                ws,
+                train=pa.table({"x": [[1.0]] * 4, "target": [0, 1, 0, 1]}),
+                test=pa.table({"x": [[1.0]] * 2, "target": [0, 1]}),
+            ),
+            ws,
+        ),
+        1,
+        "no label column 'label' (columns: 'x', 'target'); name it with --label-column",
+    ),
+    Case(
+        "table-empty-split",
+        "dataset",
+        "an empty `test.parquet`",
+        lambda ws: prepare_args(table_source(ws, test=feature_table([], [])), ws),
+        1,
+        "test.parquet: holds no rows",
+    ),
+    Case(
+        "table-float-labels",
+        "dataset",
+        "a Parquet label column of floats",
+        lambda ws: prepare_args(
+            table_source(ws, train=pa.table({"features": [[0.5]] * 2, "label": [0.0, 1.0]})),
+            ws,
+        ),
+        1,
+        "holds double, expected integer labels",
     ),
     Case(
         "npz-pickle",

@@ -238,9 +238,12 @@ def test_npz_source_works(tmp_path: Path, arrays: Arrays, flat: bool) -> None:
         x_test=shaped(arrays["test"][0]),
         y_test=arrays["test"][1],
     )
-    assert_same(load_source(path), arrays)
+    # Flat rows stay flat: a dataset of 784-wide feature rows, with no image shape to guess.
+    assert_same(load_source(path), {k: (shaped(x), y) for k, (x, y) in arrays.items()})
     manifest = prepare(tmp_path / "out", source=str(path), num_shards=2, num_test_shards=1)
     assert manifest["splits"]["train"]["num_samples"] == N_TRAIN
+    assert manifest["input_size"] == 784
+    assert manifest["image_shape"] == (None if flat else [28, 28])
 
 
 def test_npz_object_array_is_refused(tmp_path: Path, arrays: Arrays) -> None:
@@ -262,9 +265,15 @@ def test_npz_object_array_is_refused(tmp_path: Path, arrays: Arrays) -> None:
     ("arrays_override", "fragments"),
     [
         ({"x_test": None}, ("missing array 'x_test'",)),
-        ({"x_train": np.zeros((N_TRAIN, 28, 28), np.float32)}, ("x_train", "float32", "uint8")),
-        ({"y_test": np.full(N_TEST, -1)}, ("y_test", "label -1 at index 0", "0..9")),
-        ({"x_train": np.zeros((N_TRAIN, 32, 32), np.uint8)}, ("x_train", "32x32", "28x28")),
+        (
+            {"x_train": np.zeros((N_TRAIN, 28, 28), np.float32)},
+            ("train features are float32 but test features are uint8",),
+        ),
+        ({"y_test": np.full(N_TEST, -1)}, ("y_test", "label -1 at index 0", "negative")),
+        (
+            {"x_train": np.zeros((N_TRAIN, 32, 32), np.uint8)},
+            ("train rows are 32x32 but test rows are 28x28",),
+        ),
     ],
 )
 def test_bad_npz_is_refused(
@@ -375,7 +384,7 @@ def _empty_file(src: Path, arrays: Arrays) -> None:
         (_wrong_magic, ("train-labels-idx1-ubyte.gz: wrong magic number 0x00000803",)),
         (_count_mismatch, ("train-images-idx3-ubyte.gz: 30 images but", "has 29 labels")),
         (_label_ten, ("train-labels-idx1-ubyte.gz: label 10 at index 5 is out of range 0..9",)),
-        (_image_size, ("t10k-images-idx3-ubyte.gz: images are 27x28, expected 28x28",)),
+        (_image_size, ("train rows are 28x28 but test rows are 27x28",)),
         (_bad_crc, ("train-images-idx3-ubyte.gz: corrupt gzip data", "CRC")),
         (_truncated_gzip, ("train-images-idx3-ubyte.gz: corrupt gzip data",)),
         (_empty_split, ("t10k-images-idx3-ubyte.gz: holds no images",)),
@@ -393,7 +402,8 @@ def test_broken_idx_source_is_refused(
     breakage(idx_dir, arrays)
     out = tmp_path / "out"
     with pytest.raises(DtrainError) as excinfo:
-        prepare(out, source=idx_dir)
+        # K stated, so that a label of 10 is out of range rather than an eleventh class.
+        prepare(out, source=idx_dir, num_classes=10)
     assert_error(excinfo, *fragments)
     assert not out.exists()
 
@@ -501,11 +511,11 @@ def _fail_after_first_shard(monkeypatch: pytest.MonkeyPatch) -> None:
     real = prepare_module._write_shard
     calls = []
 
-    def flaky(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    def flaky(path: Path, *rest: Any) -> None:
         if calls:
             raise RuntimeError("disk on fire")
         calls.append(path)
-        real(path, images, labels)
+        real(path, *rest)
 
     monkeypatch.setattr(prepare_module, "_write_shard", flaky)
 
@@ -533,7 +543,7 @@ def test_failure_mid_write_keeps_the_old_directory(
 def test_disk_errors_become_dtrain_errors(
     tmp_path: Path, idx_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    def full(path: Path, *rest: Any) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(prepare_module, "_write_shard", full)
