@@ -1,9 +1,10 @@
 """Command-line options, each defined once.
 
 ``dtrain train``'s options are generated from the config dataclasses' fields (``TrainConfig``,
-its ``ModelSpec`` and ``OptimizerConfig``, and ``MetricsConfig``): name, type, default, choices,
-bounds and help all come from the field, so ``train``, job files and ``submit`` cannot drift
-from the config. Options shared by several commands (``--json``, ``--data-dir``) are here too.
+its ``ModelSpec`` and ``OptimizerConfig``, ``MetricsConfig`` and ``ProgressConfig``): name, type,
+default, choices, bounds and help all come from the field, so ``train``, job files and ``submit``
+cannot drift from the config. Options shared by several commands (``--json``, ``--data-dir``)
+are here too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import click
 from dtrain.service.observe.metrics import MetricsConfig
+from dtrain.service.observe.progress import ProgressConfig
 from dtrain.service.train.config import TrainConfig
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -151,6 +153,7 @@ def config_options(cls: type) -> list[ConfigOption]:
 
 TRAIN_OPTIONS = config_options(TrainConfig)
 METRICS_OPTIONS = config_options(MetricsConfig)
+PROGRESS_OPTIONS = config_options(ProgressConfig)
 # Option name (click's dest) -> dotted field of TrainConfig.to_dict().
 TRAIN_FIELDS = {o.name: o.field_path for o in TRAIN_OPTIONS}
 
@@ -242,3 +245,8 @@ def build_config(
 def metrics_config(opts: dict[str, Any]) -> MetricsConfig:
     names = {o.name for o in METRICS_OPTIONS}
     return MetricsConfig(**{k: v for k, v in opts.items() if k in names})
+
+
+def progress_config(opts: dict[str, Any]) -> ProgressConfig:
+    names = {o.name for o in PROGRESS_OPTIONS}
+    return ProgressConfig(**{k: v for k, v in opts.items() if k in names})

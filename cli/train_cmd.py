@@ -10,11 +10,13 @@ from typing import Any
 import click
 from dtrain.cli.options import (
     METRICS_OPTIONS,
+    PROGRESS_OPTIONS,
     TRAIN_OPTIONS,
     build_config,
     config_file_option,
     json_option,
     metrics_config,
+    progress_config,
     with_options,
 )
 from dtrain.service.errors import DtrainError
@@ -36,11 +38,12 @@ from dtrain.service.errors import DtrainError
     help="Ray cluster to join, e.g. 10.0.0.1:6379. [default: $RAY_ADDRESS, else a new local Ray]",
 )
 @with_options(METRICS_OPTIONS)
+@with_options(PROGRESS_OPTIONS)
 @json_option("the summary")
 @click.pass_context
 def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
     """Train the network on a local Ray or a cluster, then save a checkpoint."""
-    from dtrain.service.observe.observers import ConsoleProgress, HistoryWriter
+    from dtrain.service.observe.observers import HistoryWriter
     from dtrain.service.train.trainer import Trainer
 
     if resume_dir is not None:
@@ -52,7 +55,10 @@ def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: An
         config = build_config(given, base=saved_config(resume_dir), run_dir=resume_dir)
     else:
         config = build_config(opts)
-    observers: list[Any] = [HistoryWriter(config.run_dir / "history.jsonl"), ConsoleProgress()]
+    observers: list[Any] = [
+        HistoryWriter(config.run_dir / "history.jsonl"),
+        progress_config(opts).build(),
+    ]
     metrics = metrics_config(opts)
     if metrics.enabled:
         # Before Ray starts: a port in use is an error that costs the user no waiting.

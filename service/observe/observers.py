@@ -1,4 +1,6 @@
-"""Who listens to a training run: metrics exporters, the history file, the console.
+"""Who listens to a training run: the base class and the history file.
+
+The console's progress is ``progress.ConsoleProgress``, the metrics ``metrics.PrometheusMetrics``.
 
 The driver calls every observer in order; each is a small class with the same five methods.
 ``Observer`` is the do-nothing base (the no-op metrics implementation tests use).
@@ -7,8 +9,6 @@ The driver calls every observer in order; each is a small class with the same fi
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 from typing import IO
 
@@ -61,63 +61,3 @@ class HistoryWriter(Observer):
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-class ConsoleProgress(Observer):
-    """A line per epoch on stderr, and a live step counter when stderr is a terminal."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self._info: JobInfo | None = None
-        self._last_draw = 0.0
-
-    def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
-
-    def on_start(self, info: JobInfo) -> None:
-        self._info = info
-        self._print(
-            f"dtrain: {info.num_workers} workers, batch {info.batch_size}, {info.epochs} epochs "
-            f"x {info.steps_per_epoch} steps, {info.optimizer} lr {info.learning_rate:g}, "
-            f"{info.num_params:,} parameters; run dir {info.run_dir}"
-        )
-
-    def on_step(self, stats: StepStats) -> None:
-        now = time.monotonic()
-        if not self.live or self._info is None or now - self._last_draw < 0.2:
-            return
-        self._last_draw = now
-        in_epoch = stats.step - (stats.epoch - 1) * self._info.steps_per_epoch
-        self.stream.write(
-            f"\repoch {stats.epoch}/{self._info.epochs}  step {in_epoch}/"
-            f"{self._info.steps_per_epoch}  loss {stats.loss:.4f}  "
-        )
-        self.stream.flush()
-
-    def on_epoch(self, stats: EpochStats) -> None:
-        total = self._info.epochs if self._info else "?"
-        test = (
-            f"  test loss {stats.test_loss:.4f} acc {stats.test_accuracy:.4f}"
-            if stats.test_accuracy is not None
-            else ""
-        )
-        clear = "\r\033[K" if self.live else ""
-        self._print(
-            f"{clear}epoch {stats.epoch}/{total}  loss {stats.train_loss:.4f} "
-            f"acc {stats.train_accuracy:.4f}{test}  {stats.samples_per_second:,.0f} samples/s  "
-            f"{stats.seconds:.1f}s"
-        )
-
-    def on_checkpoint(self, path: Path, step: int) -> None:
-        pass
-
-    def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
-        if summary is None:
-            return
-        self._print(
-            f"done: test accuracy {summary.test_accuracy:.4f} (loss {summary.test_loss:.4f}), "
-            f"{summary.steps} steps in {summary.train_seconds:.1f}s "
-            f"({summary.samples_per_second:,.0f} samples/s), wall {summary.wall_seconds:.1f}s; "
-            f"checkpoint {summary.checkpoint}"
-        )
