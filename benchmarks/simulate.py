@@ -13,6 +13,7 @@ import os
 import sys
 
 import click
+
 from dtrain.cli.bench_cmd import sim_workers_option
 from dtrain.service.perf.config import (
     PROBE_STEPS,

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import click
+
 from dtrain.cli.options import data_dir_option, json_option, parse_int_list
 from dtrain.service.train.config import DEVICES, EXCHANGES
 

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import click
+
+from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import json_option
 from dtrain.service.data import dataset
 
@@ -13,7 +15,7 @@ _DIR = click.Path(path_type=Path, file_okay=False)
 _DEFAULT_DIR_HELP = "$DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist"
 
 
-@click.group("data")
+@click.group("data", cls=DtrainGroup)
 def data() -> None:
     """Prepare MNIST as Arrow shards and inspect prepared data."""
 

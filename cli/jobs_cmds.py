@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import build_config, json_option
 from dtrain.cli.train_cmd import train
 
@@ -132,6 +134,7 @@ for param in _forwarded:
 @click.pass_context
 def submit(
     ctx: click.Context,
+    /,
     address: str | None,
     wait: bool,
     entrypoint_num_cpus: float | None,
@@ -218,7 +221,7 @@ def _one_line(text: str) -> str:
 # --- dtrain jobs ------------------------------------------------------------------------------
 
 
-@click.group("jobs")
+@click.group("jobs", cls=DtrainGroup)
 def jobs() -> None:
     """List, inspect, follow and stop jobs on a Ray cluster (e.g. those `dtrain submit` ran)."""
 

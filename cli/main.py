@@ -4,33 +4,16 @@ call into ``dtrain.service``; the group turns every user error into one line (Fl
 
 from __future__ import annotations
 
-import sys
-from typing import Any
-
 import click
+
 from dtrain.cli.bench_cmd import bench
 from dtrain.cli.data_cmds import data
+from dtrain.cli.group import DtrainGroup
 from dtrain.cli.jobs_cmds import jobs, submit
 from dtrain.cli.model_cmds import evaluate, predict
 from dtrain.cli.report_cmd import report
 from dtrain.cli.train_cmd import train
 from dtrain.service import __version__
-from dtrain.service.errors import DtrainError
-
-
-class DtrainGroup(click.Group):
-    """Every command's ``DtrainError`` becomes click's one-line ``Error: ...`` with exit 1, and
-    Ctrl-C exits 130 without a traceback; commands only raise.
-    """
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except DtrainError as e:
-            raise click.ClickException(str(e)) from e
-        except KeyboardInterrupt:
-            click.echo("dtrain: interrupted", err=True)
-            sys.exit(130)
 
 
 @click.group(

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 import numpy as np
+
 from dtrain.cli.options import data_dir_option, json_option
 from dtrain.service.errors import DtrainError
 

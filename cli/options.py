@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from dtrain.service.observe.metrics import MetricsConfig
 from dtrain.service.observe.progress import ProgressConfig
 from dtrain.service.train.config import TrainConfig
@@ -63,7 +64,7 @@ def _fields(cls: type, prefix: str = "") -> Iterator[tuple[dataclasses.Field[Any
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             yield from _fields(hint, prefix + f.name + ".")
         elif "help" in f.metadata:
             yield f, hint, prefix + f.name

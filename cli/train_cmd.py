@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from dtrain.cli.options import (
     METRICS_OPTIONS,
     PROGRESS_OPTIONS,
@@ -41,7 +42,7 @@ from dtrain.service.errors import DtrainError
 @with_options(PROGRESS_OPTIONS)
 @json_option("the summary")
 @click.pass_context
-def train(ctx: click.Context, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
+def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
     """Train the network on a local Ray or a cluster, then save a checkpoint."""
     from dtrain.service.observe.observers import HistoryWriter
     from dtrain.service.train.trainer import Trainer

@@ -1,11 +1,43 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the markers each test folder implies.
+
+unit/ needs no Ray, integration/ starts a real local Ray or Prometheus, cluster/ a real
+two-node loopback cluster, gpu/ an NVIDIA GPU. The folder is the single source of the marks, so
+`pytest -m 'not ray'` or `-m gpu` cannot drift from where a test lives.
+"""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+
 from dtrain.service.data.dataset import prepare
+
+MARKS_BY_FOLDER = {
+    "unit": (),
+    "integration": ("ray",),
+    "cluster": ("cluster", "ray"),
+    "gpu": ("gpu",),
+}
+
+
+# tryfirst: the marks must be on the items before pytest's own `-m` deselection reads them.
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(tests).parts[0]
+        if folder not in MARKS_BY_FOLDER:
+            raise pytest.UsageError(
+                f"{item.nodeid}: every test lives in one of tests/{{{','.join(MARKS_BY_FOLDER)}}}"
+            )
+        for name in MARKS_BY_FOLDER[folder]:
+            item.add_marker(name)
+    # The fast folders first (a sorted() is stable, so the order inside a folder is kept): unit
+    # failures show in seconds, and unit/ runs before any session Ray exists.
+    order = list(MARKS_BY_FOLDER)
+    items.sort(key=lambda item: order.index(item.path.relative_to(tests).parts[0]))
 
 
 @pytest.fixture(scope="session")
@@ -35,31 +67,10 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def ray_local() -> object:
-    """One real local Ray for the session; the driver joins it instead of starting its own.
-
-    4 logical CPUs on the 2-core machine so that 3-worker runs can be placed.
-    """
-    import logging
-
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def ray_local_gpu() -> object:
-    """A local Ray that sees the machine's GPUs (for `pytest -m gpu` on a GPU machine)."""
-    import logging
-
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, logging_level=logging.WARNING)
-    yield ray
-    ray.shutdown()
+@pytest.fixture
+def tiny_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny dataset, free to damage."""
+    return Path(shutil.copytree(tiny_dataset, tmp_path / "tiny"))
 
 
 @pytest.fixture

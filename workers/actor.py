@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dtrain.workers import exchange
 from dtrain.workers.core import GradStats, WorkerCore
 from dtrain.workers.device import array_module

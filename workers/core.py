@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
+
 from dtrain.workers.device import to_host
 from dtrain.workers.model import ModelSpec, Network
 

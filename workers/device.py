@@ -8,7 +8,7 @@ in and the gradient out per step.
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def array_module(device: str) -> ModuleType:
         raise DeviceError(f"CuPy is installed but no CUDA device is usable: {e}") from None
     if count < 1:
         raise DeviceError("CuPy is installed but this node has no CUDA device")
-    return cupy
+    return cast(ModuleType, cupy)
 
 
 def to_host(array: Any) -> np.ndarray:

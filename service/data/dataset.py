@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
 from dtrain.service.errors import DtrainError
 from dtrain.workers.shards import (
     IMAGE_SHAPE,
@@ -444,7 +445,8 @@ def _write_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
 
 
 def _histogram(labels: np.ndarray) -> list[int]:
-    return np.bincount(labels, minlength=NUM_CLASSES).tolist()
+    counts: list[int] = np.bincount(labels, minlength=NUM_CLASSES).tolist()
+    return counts
 
 
 def _sha256_file(path: Path) -> str:
@@ -500,7 +502,7 @@ def read_manifest(data_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DtrainError(f"{data_dir}: not prepared: run `dtrain data prepare`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DtrainError(f"{path}: unreadable manifest ({one_line(e)})") from None
     _check_manifest(manifest, path)

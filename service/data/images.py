@@ -6,6 +6,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from dtrain.service.data import dataset
 from dtrain.service.errors import DtrainError
 
@@ -39,7 +40,7 @@ def load_images(path: Path) -> np.ndarray:
 
 def _load_numpy(path: Path) -> np.ndarray:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded: np.ndarray | np.lib.npyio.NpzFile = np.load(path, allow_pickle=False)
     except ValueError as e:
         raise DtrainError(f"{path}: holds pickled objects, refused") from e
     except (OSError, EOFError, zipfile.BadZipFile) as e:

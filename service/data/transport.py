@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.data import dataset
 from dtrain.service.errors import DtrainError
 from dtrain.workers.shards import (
@@ -71,7 +72,7 @@ def _load_uri_dataset(uri: str) -> dict[str, Any]:
     except ShardError as e:
         raise DtrainError(f"{uri}: not a prepared dataset ({e})") from e
     try:
-        manifest = json.loads(raw)
+        manifest: dict[str, Any] = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DtrainError(f"{uri}/{dataset.MANIFEST_NAME}: unreadable manifest ({e})") from e
     # The same checks as a local manifest; the "path" only names it in messages.

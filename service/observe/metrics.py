@@ -20,12 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
+from prometheus_client import start_http_server as _start_http_server
+
 from dtrain.service import __version__
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway
-from prometheus_client import start_http_server as _start_http_server
 
 # 8 steps per second of the chapter's job fit between 5 ms (one fast step) and 10 s (a stalled
 # one); the buckets span that range roughly geometrically.

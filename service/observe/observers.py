@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 
@@ -45,7 +45,7 @@ class HistoryWriter(Observer):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
 
-    def _write(self, kind: str, record: dict) -> None:
+    def _write(self, kind: str, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps({"kind": kind, **record}) + "\n")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.errors import DtrainError
 
 PHASE_COLORS = {
@@ -53,7 +54,8 @@ def smooth(values: np.ndarray, window: int) -> np.ndarray:
     csum = np.cumsum(np.insert(values, 0, 0.0))
     idx = np.arange(1, len(values) + 1)
     lo = np.maximum(idx - window, 0)
-    return (csum[idx] - csum[lo]) / (idx - lo)
+    smoothed: np.ndarray = (csum[idx] - csum[lo]) / (idx - lo)
+    return smoothed
 
 
 def phases(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:

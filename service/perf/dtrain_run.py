@@ -110,6 +110,7 @@ class Probe:
 
 def run_probe(spec: ModelSpec, workers: int, steps: int, warmup: int) -> Probe:
     import ray
+
     from dtrain.service.perf.simulate import simulate, start_fake_workers
 
     fakes = start_fake_workers(workers, spec.num_params)
@@ -121,7 +122,7 @@ def run_probe(spec: ModelSpec, workers: int, steps: int, warmup: int) -> Probe:
             ray.kill(f)
 
     def rest(s: Any) -> float:
-        return s.step_seconds - s.aggregate_seconds - s.update_seconds
+        return float(s.step_seconds - s.aggregate_seconds - s.update_seconds)
 
     return Probe(
         workers=workers,

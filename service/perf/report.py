@@ -10,6 +10,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from dtrain.service import __version__
 from dtrain.service.perf.config import BenchConfig
 from dtrain.service.perf.dtrain_run import Probe

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.perf.dtrain_run import DtrainRun, Probe
 from dtrain.service.perf.variants import Timed
 

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
+
 from dtrain.service.ps.optim import OptimizerConfig
 from dtrain.service.ps.server import ParameterServer, ServerCore, ServerStats
 from dtrain.service.ps.sharded import ServerShardActor, combine_stats, shard_bounds
@@ -93,7 +94,10 @@ def start_fake_workers(num: int, num_params: int, batch_slice: int = 64) -> list
     import ray
 
     cls = ray.remote(FakeWorker).options(num_cpus=0)
-    fakes = [cls.remote(rank=r, num_params=num_params, batch_slice=batch_slice) for r in range(num)]
+    # Ray types a handle's methods as plain callables (no .remote): handles are Any here.
+    fakes: list[Any] = [
+        cls.remote(rank=r, num_params=num_params, batch_slice=batch_slice) for r in range(num)
+    ]
     ray.get([f.ready.remote() for f in fakes], timeout=SIM_TIMEOUT_SECONDS)
     return fakes
 
@@ -122,7 +126,7 @@ def simulate(
     total = warmup_steps + steps
     params = init_params(spec, 0)
     if server == "ps":
-        actors = [
+        actors: list[Any] = [
             ray.remote(ParameterServer)
             .options(num_cpus=0)
             .remote(spec=spec, optimizer=optimizer, params=params, total_steps=total)

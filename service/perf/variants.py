@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+
 from dtrain.service.data import dataset
 from dtrain.service.errors import DtrainError
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
@@ -158,7 +159,7 @@ def import_torch() -> ModuleType | None:
         import torch
     except ImportError:
         return None
-    return torch
+    return cast(ModuleType, torch)
 
 
 def torch_loop(torch: ModuleType, loop: Loop, threads: int) -> Timed:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 from dtrain.workers import exchange
 from dtrain.workers.core import GradStats

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 from dtrain.service.ps.server import ServerStats, check_params
 from dtrain.service.train.plan import split_evenly

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+
 from dtrain.service.errors import DtrainError, first_line
 from dtrain.service.ps.server import ParameterServer
 from dtrain.service.train.config import TrainConfig
@@ -19,7 +21,6 @@ from dtrain.service.train.recovery import Snapshot
 from dtrain.workers import exchange
 from dtrain.workers.actor import Worker
 from dtrain.workers.shards import ShardSource
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 # Actors start in fresh processes and load their rows; on a loaded 2-core machine that takes
 # seconds, so this bound only catches the cluster that cannot place them at all.

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.errors import DtrainError
 from dtrain.workers.model import ModelSpec
 
@@ -62,7 +63,7 @@ def save(path: Path, ckpt: Checkpoint) -> None:
         "num_classes": ckpt.spec.num_classes,
         "meta": ckpt.meta,
     }
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "header": np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
         "params": np.ascontiguousarray(ckpt.params, dtype=np.float32),
     }
@@ -71,7 +72,8 @@ def save(path: Path, ckpt: Checkpoint) -> None:
     if ckpt.history is not None:
         arrays["history"] = np.ascontiguousarray(ckpt.history, dtype=np.float32)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    # NumPy's stub checks **kwds against savez's own allow_pickle: bool too.
+    np.savez(buf, **arrays)  # type: ignore[arg-type]
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as e:

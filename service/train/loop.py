@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.stats import EpochStats, StepStats
 from dtrain.service.ps.server import ServerStats

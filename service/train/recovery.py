@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from dtrain.service.errors import DtrainError
 from dtrain.service.train import checkpoint
 from dtrain.service.train.config import TrainConfig

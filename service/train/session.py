@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import ray
+
 from dtrain.service.errors import DtrainError, first_line
 from dtrain.service.net import probe
 from dtrain.service.train.config import TrainConfig

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
 from dtrain.service import __version__
 from dtrain.service.data import transport
 from dtrain.service.errors import DtrainError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import click
+
 from dtrain.cli.jobs_cmds import submit
 from dtrain.cli.options import METRICS_OPTIONS, TRAIN_FIELDS, TRAIN_OPTIONS, build_config
 from dtrain.cli.train_cmd import train

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from dtrain.service.data import dataset
 from dtrain.service.data.dataset import (
     SCHEMA,

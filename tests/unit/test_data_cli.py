@@ -9,6 +9,7 @@ import click
 import numpy as np
 import pytest
 from click.testing import CliRunner, Result
+
 from dtrain.cli.data_cmds import data
 
 

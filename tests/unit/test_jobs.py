@@ -1,6 +1,6 @@
 """`dtrain submit` and `dtrain jobs` without a cluster: every mistake is one line, fast, exit 1
 (or click's usage error, 2, for bad options, before anything is uploaded). The real two-node
-cluster runs are in tests/test_cluster.py.
+cluster runs are in tests/cluster/test_cluster.py.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+
 from dtrain.cli.main import cli
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from dtrain.cli.main import cli
 from dtrain.service.observe.metrics import PrometheusMetrics
 from dtrain.service.train.config import TrainConfig
@@ -24,7 +25,7 @@ from dtrain.service.train.trainer import Trainer
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The run: 300 steps of batch 128 (the first epoch has 469), a checkpoint every 100.
 STEPS, BATCH = 300, 128
 # Scraped every second, the endpoint's grace gives Prometheus >= 2 scrapes of the final values.

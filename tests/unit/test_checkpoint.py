@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dtrain.service.errors import DtrainError
 from dtrain.service.train import checkpoint
 from dtrain.workers.model import ModelSpec, init_params

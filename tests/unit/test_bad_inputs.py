@@ -21,12 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
+
 from dtrain.cli.main import cli
 from dtrain.service.data import dataset
 from dtrain.service.train import checkpoint
 from dtrain.workers.model import ModelSpec, init_params
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "bad-inputs.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
 IMAGES, LABELS = 0x00000803, 0x00000801
 
 
@@ -511,7 +512,7 @@ def test_docs_table_matches_the_cases_row_for_row() -> None:
 
 
 def render_docs_table() -> str:
-    """The table docs/bad-inputs.md must hold: `python tests/test_bad_inputs.py` prints it."""
+    """The table docs/bad-inputs.md must hold: `python tests/unit/test_bad_inputs.py` prints it."""
     lines = ["| id | area | input | error says (fragment) | exit |", "|---|---|---|---|---|"]
     lines += [f"| `{c.id}` | {c.area} | {c.what} | {c.says} | {c.code} |" for c in CASES]
     return "\n".join(lines)

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from dtrain.cli.main import cli
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.metrics import PrometheusMetrics, check_pushgateway_url
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
-from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "dtrain-dashboard.json"
 PROM_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 

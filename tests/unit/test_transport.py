@@ -1,38 +1,30 @@
 """How training rows reach workers: one set of shard checks behind every transport.
 
-The sources are read here in-process (the object store through the session's local Ray); the
-multi-node runs that use them are in tests/test_cluster.py.
+The sources are read here in-process; the object store, which needs Ray, is in
+tests/integration/test_object_store.py and the multi-node runs in tests/cluster/test_cluster.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dtrain.service.data import transport
 from dtrain.service.data.dataset import read_manifest
 from dtrain.service.errors import DtrainError
 from dtrain.service.train.config import TrainConfig
-from dtrain.service.train.plan import split_evenly
 from dtrain.workers.shards import (
     FileSystemShards,
     LocalShards,
-    ObjectStoreShards,
     ShardError,
     read_ipc_bytes,
     read_rows,
     shard_entries,
     shards_for_rows,
 )
-
-
-@pytest.fixture
-def tiny_copy(tiny_dataset: Path, tmp_path: Path) -> Path:
-    """A private copy of the tiny dataset, free to damage."""
-    return Path(shutil.copytree(tiny_dataset, tmp_path / "tiny"))
 
 
 def test_every_source_reads_the_same_rows(tiny_dataset: Path) -> None:
@@ -127,35 +119,3 @@ def test_a_uri_dataset_is_checked_on_the_driver(tiny_copy: Path, tmp_path: Path)
     shard.write_bytes(bytes(data))
     with pytest.raises(DtrainError, match="sha256 does not match the manifest"):
         transport.load_manifest(tiny_copy.as_uri())
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_object_store_ships_each_worker_only_its_shards(tiny_copy: Path) -> None:
-    manifest = read_manifest(tiny_copy)
-    n = manifest["splits"]["train"]["num_samples"]
-    ranges = split_evenly(n, 2)
-    sources = transport.worker_sources("object-store", tiny_copy, manifest, ranges)
-    for source, (start, stop) in zip(sources, ranges, strict=True):
-        assert isinstance(source, ObjectStoreShards)
-        expected = {e.file for e in shards_for_rows(manifest, "train", start, stop)}
-        assert set(source.refs) == expected
-        got = read_rows(source, manifest, "train", start, stop)
-        want = read_rows(tiny_copy, manifest, "train", start, stop)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
-    # A worker asked for a shard it was not sent says so rather than reading the disk.
-    foreign = next(e for e in shard_entries(manifest, "train") if e.file not in sources[0].refs)
-    with pytest.raises(ShardError, match="did not ship this shard"):
-        sources[0].load(foreign)
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_object_store_refuses_a_shard_that_changed_since_the_manifest(tiny_copy: Path) -> None:
-    manifest = read_manifest(tiny_copy)
-    shard = tiny_copy / manifest["splits"]["train"]["shards"][-1]["file"]
-    data = bytearray(shard.read_bytes())
-    data[-100] ^= 0x01
-    shard.write_bytes(bytes(data))
-    ranges = split_evenly(manifest["splits"]["train"]["num_samples"], 2)
-    with pytest.raises(DtrainError, match=f"{shard.name}: sha256 does not match the manifest"):
-        transport.worker_sources("object-store", tiny_copy, manifest, ranges)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from dtrain.cli.main import cli
 from dtrain.service.data import dataset
 from dtrain.service.errors import DtrainError

@@ -30,10 +30,8 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.ray
-
 BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MARKER = "DTRAIN_TEST_CLUSTER"
 NODES = 2
 CPUS_PER_NODE = 2

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from dtrain.service.train.config import TrainConfig
 from dtrain.service.train.trainer import Trainer
 from dtrain.workers.core import WorkerCore
 from dtrain.workers.device import array_module
 from dtrain.workers.model import ModelSpec, init_params
 from dtrain.workers.shards import read_rows, to_float
-
-pytestmark = pytest.mark.gpu
 
 
 def test_gpu_gradients_match_cpu_gradients_on_the_same_batch(prepared_mnist: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 from dtrain.service.ps.server import ServerCore
 from dtrain.service.train.plan import split_evenly, steps_per_epoch, worker_batch_sizes

@@ -19,11 +19,12 @@ import jsonschema
 import pytest
 import ray
 import yaml
-from dtrain.cli.main import train
 from packaging.requirements import Requirement
 from ray.scripts.scripts import start as ray_start
 
-ROOT = Path(__file__).resolve().parents[1]
+from dtrain.cli.main import train
+
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 RAY_SCHEMA = Path(ray.__file__).parent / "autoscaler" / "ray-schema.json"
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from dtrain.service.train import checkpoint
 from dtrain.service.train.config import TrainConfig
 from dtrain.service.train.trainer import Trainer

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import ray
+
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import StepStats
@@ -163,6 +164,7 @@ def test_killed_driver_resumes_to_the_same_weights(
 
 def test_resume_refuses_an_incompatible_config(prepared_mnist: Path, tmp_path: Path) -> None:
     from click.testing import CliRunner
+
     from dtrain.cli.main import cli
 
     Trainer(config(prepared_mnist, tmp_path, max_steps=10)).run()

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 
 LR, M, STEPS = 0.05, 0.9, 6
