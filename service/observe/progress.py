@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from tqdm import tqdm
+
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
-from tqdm import tqdm
 
 
 @dataclass(frozen=True, kw_only=True)
