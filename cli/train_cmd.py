@@ -63,7 +63,7 @@ def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts:
     metrics = metrics_config(opts)
     if metrics.enabled:
         # Before Ray starts: a port in use is an error that costs the user no waiting.
-        exporter = metrics.build()
+        exporter = metrics.build(run_id=config.run_dir.name)
         if exporter.port is not None:
             click.echo(
                 f"dtrain: metrics at http://{exporter.host}:{exporter.port}/metrics", err=True
