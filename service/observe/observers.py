@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
+from dtrain.service.errors import first_line
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 
 
@@ -35,7 +36,11 @@ class Observer:
 
 
 class HistoryWriter(Observer):
-    """Appends one JSON object per line to ``history.jsonl``: kind "step" or "epoch"."""
+    """Appends one JSON object per line to ``history.jsonl``: kind "step", "epoch" or "end".
+
+    The "end" record says how the run ended (``error`` is the one-line error, or null), so
+    ``dtrain report`` of a failed run can say why it stopped.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -59,5 +64,8 @@ class HistoryWriter(Observer):
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
         if self._file is not None:
+            failed = error is not None or summary is None
+            reason = (first_line(error) if error is not None else "no summary") if failed else None
+            self._write("end", {"ok": not failed, "error": reason})
             self._file.close()
             self._file = None
