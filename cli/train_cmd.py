@@ -12,12 +12,14 @@ import click
 from dtrain.cli.options import (
     METRICS_OPTIONS,
     PROGRESS_OPTIONS,
+    TRACKER_OPTIONS,
     TRAIN_OPTIONS,
     build_config,
     config_file_option,
     json_option,
     metrics_config,
     progress_config,
+    tracker_config,
     with_options,
 )
 from dtrain.service.errors import DtrainError
@@ -40,6 +42,7 @@ from dtrain.service.errors import DtrainError
 )
 @with_options(METRICS_OPTIONS)
 @with_options(PROGRESS_OPTIONS)
+@with_options(TRACKER_OPTIONS)
 @json_option("the summary")
 @click.pass_context
 def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
@@ -59,6 +62,8 @@ def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts:
     observers: list[Any] = [
         HistoryWriter(config.run_dir / "history.jsonl"),
         progress_config(opts).build(),
+        # Before Ray starts: a tracker's missing package is an error that costs no waiting.
+        *tracker_config(opts).build(run_id=config.run_dir.name),
     ]
     metrics = metrics_config(opts)
     if metrics.enabled:

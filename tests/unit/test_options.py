@@ -11,6 +11,7 @@ from dtrain.cli.options import METRICS_OPTIONS, TRAIN_FIELDS, TRAIN_OPTIONS, bui
 from dtrain.cli.train_cmd import train
 from dtrain.service.observe.metrics import MetricsConfig
 from dtrain.service.observe.progress import ProgressConfig
+from dtrain.service.observe.trackers import TrackerConfig
 from dtrain.service.train.config import TrainConfig
 
 # train's options that configure the command, not the run.
@@ -28,6 +29,7 @@ def field_at(path: str) -> dataclasses.Field:
 def test_every_train_option_comes_from_a_config_field() -> None:
     metrics = {f.name for f in dataclasses.fields(MetricsConfig)}
     progress = {f.name for f in dataclasses.fields(ProgressConfig)}
+    progress |= {f.name for f in dataclasses.fields(TrackerConfig)}
     for param in train.params:
         if param.name in COMMAND_OPTIONS:
             continue

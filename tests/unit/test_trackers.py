@@ -1,0 +1,138 @@
+"""Trackers written for real and read back with the trackers' own readers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dtrain.cli.main import cli
+from dtrain.service.errors import DtrainError
+from dtrain.service.observe.stats import EpochStats, JobInfo, StepStats
+from dtrain.service.observe.trackers import TrackerConfig
+
+INFO = JobInfo(
+    version="0.1.0",
+    run_dir="/tmp/r",
+    num_workers=2,
+    batch_size=100,
+    optimizer="nesterov",
+    learning_rate=0.1,
+    momentum=0.9,
+    epochs=2,
+    steps_per_epoch=3,
+    hidden_sizes=(512,),
+    num_params=407050,
+    num_train_samples=300,
+    num_test_samples=100,
+)
+
+
+def step(n: int) -> StepStats:
+    return StepStats(
+        epoch=(n - 1) // 3 + 1,
+        step=n,
+        samples=100,
+        loss=1.0 / n,
+        accuracy=0.1 * n,
+        learning_rate=0.1,
+        grad_norm=2.0 * n,
+        update_norm=0.5,
+        step_seconds=0.02,
+        worker_compute_seconds=(0.004, 0.01),
+        aggregate_seconds=0.001,
+        update_seconds=0.002,
+    )
+
+
+def epoch(n: int, tested: bool = True) -> EpochStats:
+    return EpochStats(
+        epoch=n,
+        steps=3 * n,
+        train_loss=0.5 / n,
+        train_accuracy=0.8,
+        test_loss=0.4 / n if tested else None,
+        test_accuracy=0.85 if tested else None,
+        seconds=0.06,
+        samples_per_second=5000.0,
+    )
+
+
+def test_tensorboard_events_read_back_with_tensorboards_reader(tmp_path: Path) -> None:
+    (writer,) = TrackerConfig(tensorboard=tmp_path / "tb").build(run_id="run-1")
+    writer.on_start(INFO)
+    for n in range(1, 7):
+        writer.on_step(step(n))
+        if n % 3 == 0:
+            writer.on_epoch(epoch(n // 3, tested=n == 6))
+    writer.on_end(None, None)
+
+    events = EventAccumulator(str(tmp_path / "tb" / "run-1"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    for tag in (
+        "train/loss",
+        "train/accuracy",
+        "optimizer/learning_rate",
+        "optimizer/gradient_norm",
+        "optimizer/update_norm",
+        "step_seconds/total",
+        "step_seconds/compute",
+        "step_seconds/aggregate",
+        "step_seconds/update",
+        "step_seconds/wait",
+    ):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2, 3, 4, 5, 6], tag
+
+    def values(tag: str) -> list[float]:
+        return [e.value for e in events.Scalars(tag)]
+
+    assert values("train/loss") == pytest.approx([1.0 / n for n in range(1, 7)])
+    assert values("optimizer/gradient_norm") == pytest.approx([2.0 * n for n in range(1, 7)])
+    # The slowest worker is the compute phase; wait is the rest of the step.
+    assert values("step_seconds/compute") == pytest.approx([0.01] * 6)
+    assert values("step_seconds/wait") == pytest.approx([0.02 - 0.01 - 0.001 - 0.002] * 6)
+    # Per epoch, keyed by the epoch; the test set only where it was evaluated.
+    assert [(e.step, e.value) for e in events.Scalars("epoch/train_loss")] == [
+        (1, pytest.approx(0.5)),
+        (2, pytest.approx(0.25)),
+    ]
+    assert [(e.step, e.value) for e in events.Scalars("epoch/test_accuracy")] == [
+        (2, pytest.approx(0.85))
+    ]
+    assert "epoch/test_loss" in scalars and "epoch/samples_per_second" in scalars
+    assert "config" in "".join(events.Tags()["tensors"])
+
+
+def test_no_option_no_tracker() -> None:
+    assert TrackerConfig().build(run_id="r") == []
+
+
+def test_a_missing_tracker_package_is_one_line_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # None in sys.modules makes `import tensorboardX` raise ImportError, as if not installed.
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)
+    with pytest.raises(DtrainError, match=r"pip install 'dtrain\[tensorboard\]'"):
+        TrackerConfig(tensorboard=tmp_path / "tb").build(run_id="r")
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--run-dir", str(run_dir), "--tensorboard", str(tmp_path / "tb")],
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: --tensorboard needs the tensorboardX package: pip install 'dtrain[tensorboard]'"
+    ]
+    assert not run_dir.exists() and not (tmp_path / "tb").exists()
+
+
+def test_phase_seconds_add_up_to_the_step() -> None:
+    phases = step(1).phase_seconds()
+    assert list(phases) == ["compute", "aggregate", "update", "wait"]
+    assert sum(phases.values()) == pytest.approx(0.02)
+    slow = StepStats(**{**step(1).to_dict(), "step_seconds": 0.001})
+    assert slow.phase_seconds()["wait"] == 0.0  # pipelined steps overlap: never negative
