@@ -146,6 +146,11 @@ def _option(f: dataclasses.Field[Any], hint: Any, path: str) -> ConfigOption:
         }
         return ConfigOption((f"--{name}", dest), attrs, path)
     attrs |= {"type": _click_type(hint, meta), "default": default}
+    if "flag_value" in meta:
+        # An option whose value may be left out: `--mlflow` alone means flag_value.
+        attrs |= {"is_flag": False, "flag_value": meta["flag_value"]}
+    if "metavar" in meta:
+        attrs["metavar"] = meta["metavar"]
     return ConfigOption((f"--{name}", *meta.get("aliases", ()), dest), attrs, path)
 
 

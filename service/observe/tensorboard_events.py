@@ -9,23 +9,12 @@ and accuracy. Written with tensorboardX, the framework-free writer (``pip instal
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
-
-
-def require(module: str, option: str, extra: str) -> Any:
-    """Import an optional tracker's package, or say in one line how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise DtrainError(
-            f"{option} needs the {module} package: pip install 'dtrain[{extra}]'"
-        ) from None
+from dtrain.service.observe.trackers import require
 
 
 class TensorBoardWriter(Observer):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from dtrain.cli.main import cli
 from dtrain.service.errors import DtrainError
-from dtrain.service.observe.stats import EpochStats, JobInfo, StepStats
+from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 from dtrain.service.observe.trackers import TrackerConfig
 
 INFO = JobInfo(
@@ -136,3 +139,114 @@ def test_phase_seconds_add_up_to_the_step() -> None:
     assert sum(phases.values()) == pytest.approx(0.02)
     slow = StepStats(**{**step(1).to_dict(), "step_seconds": 0.001})
     assert slow.phase_seconds()["wait"] == 0.0  # pipelined steps overlap: never negative
+
+
+# --- MLflow -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mlflow_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The variables MlflowRun sets if unset, set here so that the test leaves none behind."""
+    for name, value in (
+        ("MLFLOW_ALLOW_FILE_STORE", "true"),
+        ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
+        ("MLFLOW_HTTP_REQUEST_TIMEOUT", "10"),
+    ):
+        monkeypatch.setenv(name, value)
+
+
+def summary_of(run_dir: Path) -> RunSummary:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "checkpoint.npz").write_bytes(b"weights")
+    (run_dir / "summary.json").write_text('{"test_accuracy": 0.9}')
+    return RunSummary(
+        test_accuracy=0.9,
+        test_loss=0.3,
+        train_accuracy=0.9,
+        train_loss=0.3,
+        epochs=2,
+        steps=6,
+        num_workers=2,
+        batch_size=100,
+        learning_rate=0.1,
+        optimizer="nesterov",
+        wall_seconds=2.0,
+        train_seconds=1.0,
+        samples_per_second=600.0,
+        checkpoint=str(run_dir / "checkpoint.npz"),
+        run_dir=str(run_dir),
+    )
+
+
+@pytest.mark.usefixtures("mlflow_env")
+def test_an_mlflow_run_read_back_with_mlflows_client(tmp_path: Path) -> None:
+    store = str(tmp_path / "mlruns")
+    for name, ok in (("run-ok", True), ("run-failed", False)):
+        (tracker,) = TrackerConfig(mlflow=store).build(run_id=name)
+        tracker.on_start(INFO)
+        for n in range(1, 7):
+            tracker.on_step(step(n))
+            if n % 3 == 0:
+                tracker.on_epoch(epoch(n // 3))
+        if ok:
+            tracker.on_end(summary_of(tmp_path / name), None)
+        else:
+            tracker.on_end(None, DtrainError("training diverged at step 7"))
+
+    client = MlflowClient(tracking_uri=store)
+    (experiment,) = client.search_experiments(filter_string="name = 'dtrain'")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"run-ok", "run-failed"}
+    run = runs["run-ok"]
+    assert run.info.status == "FINISHED" and runs["run-failed"].info.status == "FAILED"
+    assert run.data.params["optimizer"] == "nesterov" and run.data.params["batch_size"] == "100"
+    assert run.data.tags["dtrain.run_id"] == "run-ok"
+    history = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [(m.step, m.value) for m in sorted(history, key=lambda m: m.step)] == [
+        (n, pytest.approx(1.0 / n)) for n in range(1, 7)
+    ]
+    waits = client.get_metric_history(run.info.run_id, "step_seconds/wait")
+    assert [m.value for m in waits] == pytest.approx([0.007] * 6)
+    tests = client.get_metric_history(run.info.run_id, "epoch/test_accuracy")
+    assert sorted(m.step for m in tests) == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == {"checkpoint.npz", "summary.json"}
+    assert client.list_artifacts(runs["run-failed"].info.run_id) == []
+
+
+def test_mlflow_alone_means_a_local_mlruns_store(tmp_path: Path) -> None:
+    from dtrain.cli.main import train
+
+    given = ["--run-dir", str(tmp_path / "r"), "--mlflow", "--epochs", "1"]
+    params = train.make_context("train", given).params
+    assert params["mlflow"] == "mlruns" and params["epochs"] == 1
+    params = train.make_context("train", ["--mlflow", "http://127.0.0.1:5000"]).params
+    assert params["mlflow"] == "http://127.0.0.1:5000"
+    assert train.make_context("train", []).params["mlflow"] is None
+
+
+@pytest.mark.usefixtures("mlflow_env")
+def test_an_unreachable_tracking_server_is_one_line_in_seconds(tmp_path: Path) -> None:
+    with socket.socket() as closed:  # a port nobody listens on once the socket is closed
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    began = time.monotonic()
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        cli, ["train", "--run-dir", str(run_dir), "--mlflow", f"http://127.0.0.1:{port}"]
+    )
+    assert time.monotonic() - began < 30
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: --mlflow http://127.0.0.1:{port}: "), line
+    assert not run_dir.exists()
+
+
+@pytest.mark.usefixtures("mlflow_env")
+def test_a_missing_mlflow_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    result = CliRunner().invoke(cli, ["train", "--run-dir", str(tmp_path / "r"), "--mlflow"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: --mlflow needs the mlflow package: pip install 'dtrain[mlflow]'"
+    ]
