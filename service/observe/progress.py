@@ -89,18 +89,25 @@ class ConsoleProgress(Observer):
 
     def on_start(self, info: JobInfo) -> None:
         self._info = info
+        steps = f"{info.epochs} {_plural(info.epochs, 'epoch')} x {info.steps_per_epoch} steps"
+        if info.total_steps is not None and info.total_steps < info.epochs * info.steps_per_epoch:
+            steps = f"{info.total_steps} steps (--max-steps) of {steps}"
         self._print(
-            f"dtrain: {info.num_workers} workers, batch {info.batch_size}, {info.epochs} "
-            f"{_plural(info.epochs, 'epoch')} x {info.steps_per_epoch} steps, {info.optimizer} "
-            f"lr {info.learning_rate:g}, {info.num_params:,} parameters; run dir {info.run_dir}"
+            f"dtrain: {info.num_workers} workers, batch {info.batch_size}, {steps}, "
+            f"{info.optimizer} lr {info.learning_rate:g}, {info.num_params:,} parameters; "
+            f"run dir {info.run_dir}"
         )
 
     def on_step(self, stats: StepStats) -> None:
         info = self._info
         if info is None:
             return
+        first = (stats.epoch - 1) * info.steps_per_epoch
+        in_epoch = stats.step - first
+        # The steps this epoch will have: fewer in the last one when --max-steps stops early.
         spe = info.steps_per_epoch
-        in_epoch = stats.step - (stats.epoch - 1) * spe
+        if info.total_steps is not None:
+            spe = max(min(spe, info.total_steps - first), in_epoch)
         if self._epoch is None or self._epoch.epoch != stats.epoch:
             self._close_bar()
             self._epoch = _Epoch(stats.epoch, in_epoch - 1)

@@ -191,3 +191,16 @@ def test_the_options_come_from_the_config(tmp_path: Path) -> None:
     )
     assert bad.exit_code == 2 and "--progress-interval" in bad.output
     assert not (tmp_path / "r").exists()
+
+
+def test_max_steps_shows_in_the_header_and_the_epochs_length() -> None:
+    out = io.StringIO()
+    p = ConsoleProgress(out, interval=0.0001)
+    p.on_start(dataclasses.replace(INFO, total_steps=3))
+    for n in (1, 2):
+        time.sleep(0.001)
+        p.on_step(step(n))
+    first, *lines = out.getvalue().splitlines()
+    assert "3 steps (--max-steps) of 2 epochs x 4 steps" in first
+    # The epoch stops after 3 of its 4 steps: the progress says so.
+    assert lines[0].split("  ")[1] == "step 2/3 (67%)", lines
