@@ -4,14 +4,17 @@ One subdirectory per run (``DIR/<run id>``, as ``SummaryWriter``'s ``./runs/<nam
 ``tensorboard --logdir DIR`` shows runs side by side. Per step: loss, accuracy, learning rate,
 gradient and update norms, step time by phase; per epoch (step = the epoch): train and test loss
 and accuracy. Written with tensorboardX, the framework-free writer (``pip install
-'dtrain[tensorboard]'``); it queues events and writes them from its own thread.
+'dtrain[tensorboard]'``), from a ``Background`` thread: the step loop only enqueues.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
+from dtrain.service.errors import first_line
+from dtrain.service.observe.background import Background
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 from dtrain.service.observe.trackers import require
@@ -23,15 +26,23 @@ class TensorBoardWriter(Observer):
         self._tbx = require("tensorboardX", "--tensorboard", "tensorboard")
         self.path = Path(logdir) / run_id
         self._writer: Any = None
+        self._bg: Background | None = None
 
     def on_start(self, info: JobInfo) -> None:
-        self._writer = self._tbx.SummaryWriter(logdir=str(self.path))
+        self._writer = self._tbx.SummaryWriter(logdir=str(self.path), max_queue=1000)
         facts = "\n".join(f"- {k}: {v}" for k, v in vars(info).items())
         self._writer.add_text("config", facts, 0)
+        self._bg = Background("dtrain-tensorboard")
 
     def on_step(self, s: StepStats) -> None:
-        if self._writer is None:
-            return
+        if self._bg is not None:
+            self._bg.submit(self._write_step, s)
+
+    def on_epoch(self, e: EpochStats) -> None:
+        if self._bg is not None:
+            self._bg.submit(self._write_epoch, e)
+
+    def _write_step(self, s: StepStats) -> None:
         add, step = self._writer.add_scalar, s.step
         add("train/loss", s.loss, step)
         add("train/accuracy", s.accuracy, step)
@@ -42,9 +53,7 @@ class TensorBoardWriter(Observer):
         for phase, seconds in s.phase_seconds().items():
             add(f"step_seconds/{phase}", seconds, step)
 
-    def on_epoch(self, e: EpochStats) -> None:
-        if self._writer is None:
-            return
+    def _write_epoch(self, e: EpochStats) -> None:
         add = self._writer.add_scalar
         add("epoch/train_loss", e.train_loss, e.epoch)
         add("epoch/train_accuracy", e.train_accuracy, e.epoch)
@@ -55,6 +64,13 @@ class TensorBoardWriter(Observer):
         self._writer.flush()
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
-        if self._writer is not None:
-            self._writer.close()  # waits for the queued events to reach the file
-            self._writer = None
+        if self._bg is None:
+            return
+        self._bg.submit(self._writer.close)  # waits for the queued events to reach the file
+        failed = self._bg.close()
+        self._bg = self._writer = None
+        if failed is not None:
+            # The run's outcome stands; the tracker's failure is one line.
+            print(
+                f"dtrain: TensorBoard events in {self.path}: {first_line(failed)}", file=sys.stderr
+            )

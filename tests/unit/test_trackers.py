@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import sys
 import time
@@ -14,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from dtrain.cli.main import cli
 from dtrain.service.errors import DtrainError
+from dtrain.service.observe.background import Background
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 from dtrain.service.observe.trackers import TrackerConfig
 
@@ -250,3 +252,44 @@ def test_a_missing_mlflow_is_one_line(tmp_path: Path, monkeypatch: pytest.Monkey
     assert result.output.strip().splitlines() == [
         "Error: --mlflow needs the mlflow package: pip install 'dtrain[mlflow]'"
     ]
+
+
+@pytest.mark.usefixtures("mlflow_env")
+def test_a_local_mlflow_store_keeps_about_100_steps_an_epoch(tmp_path: Path) -> None:
+    store = str(tmp_path / "mlruns")
+    (tracker,) = TrackerConfig(mlflow=store).build(run_id="long")
+    tracker.on_start(dataclasses.replace(INFO, steps_per_epoch=400, epochs=1))
+    for n in range(1, 401):
+        tracker.on_step(dataclasses.replace(step(1), step=n))
+    tracker.on_end(None, None)
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("dtrain").experiment_id])
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "train/loss"))
+    assert steps == list(range(1, 401, 4))
+
+
+def test_background_writes_in_order_and_keeps_the_first_error() -> None:
+    done: list[int] = []
+
+    def write(n: int) -> None:
+        if n == 3:
+            raise OSError("disk full")
+        done.append(n)
+
+    bg = Background("test")
+    for n in range(1, 6):
+        bg.submit(write, n)
+    error = bg.close()
+    assert done == [1, 2] and isinstance(error, OSError)  # nothing after the failure
+
+
+def test_a_failing_tensorboard_dir_is_one_line_and_the_run_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (writer,) = TrackerConfig(tensorboard=tmp_path / "tb").build(run_id="r")
+    writer.on_start(INFO)
+    writer._writer.add_scalar = None  # a writer that breaks
+    writer.on_step(step(1))  # returns at once: the failure surfaces at the end
+    writer.on_end(None, None)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"dtrain: TensorBoard events in {tmp_path / 'tb' / 'r'}: ")
