@@ -18,12 +18,15 @@ $(BIN)/.installed: pyproject.toml
 train: $(BIN)/.installed  ## run the main job: 5 epochs of MNIST on a local Ray
 	$(BIN)/dtrain train $(ARGS)
 
-# The integration tests start a real Prometheus server (Debian package `prometheus`).
+# The integration tests start a real Prometheus server and Pushgateway (Debian packages
+# `prometheus`, `prometheus-pushgateway`); the unit tests run promtool.
 system-deps:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && \
+	  command -v prometheus-pushgateway >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends \
+	    prometheus prometheus-pushgateway; }
 
 test: $(BIN)/.installed system-deps  ## lint and types, then the whole suite on real Ray and Prometheus
 	$(BIN)/ruff check .

@@ -21,6 +21,7 @@ REQUIRED = {
     "pyarrow": "pyarrow",
     "click": "click",
     "prometheus_client": "prometheus-client",
+    "tqdm": "tqdm",
 }
 MIN_PYTHON = (3, 11)
 

@@ -1,9 +1,10 @@
 """Command-line options, each defined once.
 
 ``dtrain train``'s options are generated from the config dataclasses' fields (``TrainConfig``,
-its ``ModelSpec`` and ``OptimizerConfig``, and ``MetricsConfig``): name, type, default, choices,
-bounds and help all come from the field, so ``train``, job files and ``submit`` cannot drift
-from the config. Options shared by several commands (``--json``, ``--data-dir``) are here too.
+its ``ModelSpec`` and ``OptimizerConfig``, ``MetricsConfig``, ``ProgressConfig`` and
+``TrackerConfig``): name, type, default, choices, bounds and help all come from the field, so
+``train``, job files and ``submit`` cannot drift from the config. Options shared by several
+commands (``--json``, ``--data-dir``) are here too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import click
 
 from dtrain.service.observe.metrics import MetricsConfig
+from dtrain.service.observe.progress import ProgressConfig
+from dtrain.service.observe.trackers import TrackerConfig
 from dtrain.service.train.config import TrainConfig
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -146,6 +149,11 @@ def _option(f: dataclasses.Field[Any], hint: Any, path: str) -> ConfigOption:
         }
         return ConfigOption((f"--{name}", dest), attrs, path)
     attrs |= {"type": _click_type(hint, meta), "default": default}
+    if "flag_value" in meta:
+        # An option whose value may be left out: `--mlflow` alone means flag_value.
+        attrs |= {"is_flag": False, "flag_value": meta["flag_value"]}
+    if "metavar" in meta:
+        attrs["metavar"] = meta["metavar"]
     return ConfigOption((f"--{name}", *meta.get("aliases", ()), dest), attrs, path)
 
 
@@ -155,6 +163,8 @@ def config_options(cls: type) -> list[ConfigOption]:
 
 TRAIN_OPTIONS = config_options(TrainConfig)
 METRICS_OPTIONS = config_options(MetricsConfig)
+PROGRESS_OPTIONS = config_options(ProgressConfig)
+TRACKER_OPTIONS = config_options(TrackerConfig)
 # Option name (click's dest) -> dotted field of TrainConfig.to_dict().
 TRAIN_FIELDS = {o.name: o.field_path for o in TRAIN_OPTIONS}
 
@@ -317,3 +327,13 @@ def name_the_option(message: str) -> str:
 def metrics_config(opts: dict[str, Any]) -> MetricsConfig:
     names = {o.name for o in METRICS_OPTIONS}
     return MetricsConfig(**{k: v for k, v in opts.items() if k in names})
+
+
+def progress_config(opts: dict[str, Any]) -> ProgressConfig:
+    names = {o.name for o in PROGRESS_OPTIONS}
+    return ProgressConfig(**{k: v for k, v in opts.items() if k in names})
+
+
+def tracker_config(opts: dict[str, Any]) -> TrackerConfig:
+    names = {o.name for o in TRACKER_OPTIONS}
+    return TrackerConfig(**{k: v for k, v in opts.items() if k in names})

@@ -12,11 +12,15 @@ import click
 from dtrain.cli.jsonout import stdout_to_stderr
 from dtrain.cli.options import (
     METRICS_OPTIONS,
+    PROGRESS_OPTIONS,
+    TRACKER_OPTIONS,
     TRAIN_OPTIONS,
     build_config,
     config_file_option,
     json_option,
     metrics_config,
+    progress_config,
+    tracker_config,
     with_options,
 )
 from dtrain.service.errors import DtrainError
@@ -38,11 +42,13 @@ from dtrain.service.errors import DtrainError
     help="Ray cluster to join, e.g. 10.0.0.1:6379. [default: $RAY_ADDRESS, else a new local Ray]",
 )
 @with_options(METRICS_OPTIONS)
+@with_options(PROGRESS_OPTIONS)
+@with_options(TRACKER_OPTIONS)
 @json_option("the summary")
 @click.pass_context
 def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
     """Train the network on a local Ray or a cluster, then save a checkpoint."""
-    from dtrain.service.observe.observers import ConsoleProgress, HistoryWriter
+    from dtrain.service.observe.observers import HistoryWriter
     from dtrain.service.train.trainer import Trainer
 
     if resume_dir is not None:
@@ -54,11 +60,16 @@ def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts:
         config = build_config(given, base=saved_config(resume_dir), run_dir=resume_dir)
     else:
         config = build_config(opts)
-    observers: list[Any] = [HistoryWriter(config.run_dir / "history.jsonl"), ConsoleProgress()]
+    observers: list[Any] = [
+        HistoryWriter(config.run_dir / "history.jsonl"),
+        progress_config(opts).build(),
+        # Before Ray starts: a tracker's missing package is an error that costs no waiting.
+        *tracker_config(opts).build(run_id=config.run_dir.name),
+    ]
     metrics = metrics_config(opts)
     if metrics.enabled:
         # Before Ray starts: a port in use is an error that costs the user no waiting.
-        exporter = metrics.build()
+        exporter = metrics.build(run_id=config.run_dir.name)
         if exporter.port is not None:
             click.echo(
                 f"dtrain: metrics at http://{exporter.host}:{exporter.port}/metrics", err=True

@@ -9,6 +9,15 @@ class DtrainError(Exception):
     """
 
 
+class Diverged(DtrainError):
+    """Training stopped at a step whose loss or gradient was not finite (never applied)."""
+
+    def __init__(self, message: str, *, step: int, loss: float) -> None:
+        super().__init__(message)
+        self.step = step
+        self.loss = loss  # the batch's loss at that step: inf, nan or a finite value
+
+
 def first_line(e: BaseException | str) -> str:
     """A message cut to its first line: Ray and gRPC errors (and job messages) carry whole
     tracebacks. An exception without a message is named by its type; empty text stays empty."""

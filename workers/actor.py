@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from dtrain.workers import exchange
-from dtrain.workers.core import GradStats, WorkerCore
+from dtrain.workers.core import GradStats, WorkerCore, ignore_float_overflow
 from dtrain.workers.device import array_module
 from dtrain.workers.model import ModelSpec
 from dtrain.workers.shards import ShardSource, read_rows, to_float
@@ -35,6 +35,7 @@ class Worker:
         num_slots: int = 1,
         source: ShardSource | None = None,
     ) -> None:
+        ignore_float_overflow()
         xp = array_module(device)  # fails here, in one line, on a node without CuPy or a GPU
         # Without a source, data_dir is read from here: a path on this node, or a URI.
         where = source if source is not None else data_dir

@@ -16,6 +16,17 @@ from dtrain.workers.device import to_host
 from dtrain.workers.model import ModelSpec, Network
 
 
+def ignore_float_overflow() -> None:
+    """Called once by each actor process (worker or server) when it starts.
+
+    A diverging step overflows to inf/nan; the server sees the non-finite gradient, never
+    applies it, and the driver stops with one line naming the step. NumPy's RuntimeWarnings,
+    printed by every actor process and forwarded by Ray to the user's terminal, would bury that
+    line under dozens of others.
+    """
+    np.seterr(over="ignore", invalid="ignore")
+
+
 @dataclass(frozen=True)
 class GradStats:
     """What a worker reports with each gradient; sums, so the server can weight by count."""

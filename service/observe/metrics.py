@@ -24,8 +24,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push
 from prometheus_client import start_http_server as _start_http_server
 
 from dtrain.service import __version__
-from dtrain.service.errors import DtrainError
+from dtrain.service.errors import Diverged, DtrainError
 from dtrain.service.observe.observers import Observer
+from dtrain.service.observe.run_labels import labelled, run_labels
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 
 # 8 steps per second of the chapter's job fit between 5 ms (one fast step) and 10 s (a stalled
@@ -77,11 +78,16 @@ class MetricsConfig:
     def enabled(self) -> bool:
         return self.metrics_port is not None or bool(self.pushgateway)
 
-    def build(self) -> PrometheusMetrics:
-        """The exporter, already serving when a port is set (a port in use fails here, early)."""
+    def build(self, run_id: str = "") -> PrometheusMetrics:
+        """The exporter, already serving when a port is set (a port in use fails here, early).
+
+        Its series carry ``run_id`` (the run directory's name, the same after a resume) and,
+        for a submitted job, Ray's submission id.
+        """
         metrics = PrometheusMetrics(
             grace_seconds=self.metrics_grace if self.metrics_port is not None else 0.0,
             pushgateway=self.pushgateway,
+            labels=run_labels(run_id),
         )
         if self.metrics_port is not None:
             metrics.serve(self.metrics_host, self.metrics_port)
@@ -110,14 +116,23 @@ def check_pushgateway_url(url: str) -> str:
 class PrometheusMetrics(Observer):
     """Updates the run's metrics from the driver's hooks; ``serve()`` exposes them over HTTP."""
 
-    def __init__(self, *, grace_seconds: float = 0.0, pushgateway: str | None = None) -> None:
-        self.registry = CollectorRegistry()
+    def __init__(
+        self,
+        *,
+        grace_seconds: float = 0.0,
+        pushgateway: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        # The run's labels are added when the series are read, so each metric below is defined
+        # without them; ``registry`` is what is served and pushed.
+        self.labels = dict(labels or {})
+        r = CollectorRegistry()
+        self.registry = labelled(r, self.labels)
         self.grace_seconds = grace_seconds
         self.pushgateway = check_pushgateway_url(pushgateway) if pushgateway else None
         self.port: int | None = None
         self.host: str | None = None
         self._server: Any = None
-        r = self.registry
         self.build_info = Gauge(
             "dtrain_build_info", "dtrain version, always 1", ["version"], registry=r
         )
@@ -198,6 +213,14 @@ class PrometheusMetrics(Observer):
             registry=r,
         )
         self.workers_alive = Gauge("dtrain_workers_alive", "worker actors running", registry=r)
+        self.workers_planned = Gauge(
+            "dtrain_workers_planned", "worker actors the job runs with", registry=r
+        )
+        # The driver stops at the first step whose loss or gradient is not finite and never
+        # applies it; this is how that end shows (the loss gauge then holds the bad value).
+        self.diverged = Gauge(
+            "dtrain_diverged", "1 once a non-finite loss or gradient stopped the job", registry=r
+        )
         self.restarts = Counter(
             "dtrain_worker_restarts", "rebuilds of lost actors from a snapshot", registry=r
         )
@@ -248,6 +271,7 @@ class PrometheusMetrics(Observer):
             optimizer=info.optimizer,
         ).set(1)
         self.epochs.set(info.epochs)
+        self.workers_planned.set(info.num_workers)
         self._steps_per_epoch = info.steps_per_epoch
         self.start_time.set(time.time())
         for rank in range(info.num_workers):
@@ -305,9 +329,19 @@ class PrometheusMetrics(Observer):
             self.success.set(1)
             self.test_accuracy.set(summary.test_accuracy)
             self.test_loss.set(summary.test_loss)
+        if isinstance(error, Diverged):
+            self.diverged.set(1)
+            self.train_loss.set(error.loss)
         if self.pushgateway:
             try:
-                push_to_gateway(self.pushgateway, job="dtrain", registry=self.registry, timeout=10)
+                # One group per run: a second run no longer replaces the first one's metrics.
+                push_to_gateway(
+                    self.pushgateway,
+                    job="dtrain",
+                    grouping_key=self.labels,
+                    registry=self.registry,
+                    timeout=10,
+                )
             # Whatever the gateway answers, the run's outcome (and its traceback, if any) stands:
             # a failed push is one line, never an exception out of the driver's `finally`.
             except Exception as e:

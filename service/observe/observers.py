@@ -1,4 +1,6 @@
-"""Who listens to a training run: metrics exporters, the history file, the console.
+"""Who listens to a training run: the base class and the history file.
+
+The console's progress is ``progress.ConsoleProgress``, the metrics ``metrics.PrometheusMetrics``.
 
 The driver calls every observer in order; each is a small class with the same five methods.
 ``Observer`` is the do-nothing base (the no-op metrics implementation tests use).
@@ -7,11 +9,10 @@ The driver calls every observer in order; each is a small class with the same fi
 from __future__ import annotations
 
 import json
-import sys
-import time
 from pathlib import Path
 from typing import IO, Any
 
+from dtrain.service.errors import first_line
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 
 
@@ -35,7 +36,11 @@ class Observer:
 
 
 class HistoryWriter(Observer):
-    """Appends one JSON object per line to ``history.jsonl``: kind "step" or "epoch"."""
+    """Appends one JSON object per line to ``history.jsonl``: kind "step", "epoch" or "end".
+
+    The "end" record says how the run ended (``error`` is the one-line error, or null), so
+    ``dtrain report`` of a failed run can say why it stopped.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -59,68 +64,8 @@ class HistoryWriter(Observer):
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
         if self._file is not None:
+            failed = error is not None or summary is None
+            reason = (first_line(error) if error is not None else "no summary") if failed else None
+            self._write("end", {"ok": not failed, "error": reason})
             self._file.close()
             self._file = None
-
-
-class ConsoleProgress(Observer):
-    """A line per epoch on stderr, and a live step counter when stderr is a terminal."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
-        self._info: JobInfo | None = None
-        self._last_draw = 0.0
-
-    def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
-
-    def on_start(self, info: JobInfo) -> None:
-        self._info = info
-        steps = f"{info.epochs} epochs x {info.steps_per_epoch} steps"
-        if info.total_steps is not None and info.total_steps < info.epochs * info.steps_per_epoch:
-            steps = f"{info.total_steps} steps (--max-steps) of {steps}"
-        self._print(
-            f"dtrain: {info.num_workers} workers, batch {info.batch_size}, {steps}, "
-            f"{info.optimizer} lr {info.learning_rate:g}, {info.num_params:,} parameters; "
-            f"run dir {info.run_dir}"
-        )
-
-    def on_step(self, stats: StepStats) -> None:
-        now = time.monotonic()
-        if not self.live or self._info is None or now - self._last_draw < 0.2:
-            return
-        self._last_draw = now
-        in_epoch = stats.step - (stats.epoch - 1) * self._info.steps_per_epoch
-        self.stream.write(
-            f"\repoch {stats.epoch}/{self._info.epochs}  step {in_epoch}/"
-            f"{self._info.steps_per_epoch}  loss {stats.loss:.4f}  "
-        )
-        self.stream.flush()
-
-    def on_epoch(self, stats: EpochStats) -> None:
-        total = self._info.epochs if self._info else "?"
-        test = (
-            f"  test loss {stats.test_loss:.4f} acc {stats.test_accuracy:.4f}"
-            if stats.test_accuracy is not None
-            else ""
-        )
-        clear = "\r\033[K" if self.live else ""
-        self._print(
-            f"{clear}epoch {stats.epoch}/{total}  loss {stats.train_loss:.4f} "
-            f"acc {stats.train_accuracy:.4f}{test}  {stats.samples_per_second:,.0f} samples/s  "
-            f"{stats.seconds:.1f}s"
-        )
-
-    def on_checkpoint(self, path: Path, step: int) -> None:
-        pass
-
-    def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
-        if summary is None:
-            return
-        self._print(
-            f"done: test accuracy {summary.test_accuracy:.4f} (loss {summary.test_loss:.4f}), "
-            f"{summary.steps} steps in {summary.train_seconds:.1f}s "
-            f"({summary.samples_per_second:,.0f} samples/s), wall {summary.wall_seconds:.1f}s; "
-            f"checkpoint {summary.checkpoint}"
-        )

@@ -2,11 +2,13 @@
 
 Three panels: loss and accuracy curves (per step, smoothed, and per epoch on the test set) and
 where a step's time goes (compute, aggregation, update, waiting), as the driver recorded them.
+The title says how the run ended: its summary, or the error that stopped it.
 """
 
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,56 @@ PHASE_COLORS = {
     "update": "#55A868",
     "wait": "#C44E52",
 }
+# What each band is, in the legend: "wait" is the largest on small models and otherwise a riddle.
+PHASE_NOTES = {
+    "compute": "slowest worker's forward + backward",
+    "aggregate": "server sums the gradients",
+    "update": "optimizer step",
+    "wait": "the rest: moving weights and gradients, Ray scheduling, the driver",
+}
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def phase_label(phase: str, mean_ms: float) -> str:
+    return f"{phase} {mean_ms:.2f} ms: {PHASE_NOTES[phase]}"
+
+
+def read_end(run_dir: Path) -> dict[str, Any] | None:
+    """The history's record of how the run ended (the last one, after a resume), if written."""
+    end = None
+    for line in (run_dir / "history.jsonl").read_text(encoding="utf-8").splitlines():
+        if '"end"' in line:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and record.get("kind") == "end":
+                end = record
+    return end
+
+
+def title(
+    run_dir: Path,
+    steps: list[dict[str, Any]],
+    summary: dict[str, Any] | None,
+    end: dict[str, Any] | None,
+) -> str:
+    """One or two lines: the run's outcome, whether it finished, failed, or is still going."""
+    head = f"dtrain run {run_dir.name}"
+    if summary:
+        return (
+            f"{head}: {plural(summary['epochs'], 'epoch')}, {plural(summary['steps'], 'step')}, "
+            f"{summary['num_workers']} workers, batch {summary['batch_size']}, test accuracy "
+            f"{summary['test_accuracy']:.4f}, {summary['samples_per_second']:,.0f} samples/s"
+        )
+    last = steps[-1]["step"]
+    if end and end.get("error"):
+        reason = textwrap.shorten(str(end["error"]), width=200, placeholder=" ...")
+        return f"{head}: stopped after step {last}\n{reason}"
+    return f"{head}: {plural(last, 'step')} so far, no summary (still running, or killed)"
 
 
 def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -145,6 +197,7 @@ def render(run_dir: Path, out: Path) -> Path:
 
     matplotlib.use("Agg")  # no display: render straight to a file
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps, epochs = read_history(run_dir)
     summary_path = run_dir / "summary.json"
@@ -183,15 +236,8 @@ def render(run_dir: Path, out: Path) -> Path:
             [e["test_accuracy"] for e in tested],
             "s-",
             color="#C44E52",
-            label="test",
-        )
-        best = tested[-1]["test_accuracy"]
-        ax_acc.annotate(
-            f"test {best:.4f}",
-            (tested[-1]["steps"], best),
-            textcoords="offset points",
-            xytext=(-60, -18),
-            fontsize=9,
+            # In the legend, not on the curve, where a label covered the last point.
+            label=f"test (last {tested[-1]['test_accuracy']:.4f})",
         )
     # The first few steps climb from 0.1; the axis starts where most of the run is.
     low = min([np.percentile(smooth(acc, window), 5)] + [e["test_accuracy"] for e in tested])
@@ -205,19 +251,15 @@ def render(run_dir: Path, out: Path) -> Path:
         x,
         stacked,
         colors=list(PHASE_COLORS.values()),
-        labels=[f"{p} ({means[p]:.2f} ms)" for p in PHASE_COLORS],
+        labels=[phase_label(p, means[p]) for p in PHASE_COLORS],
     )
     ax_time.set(title="Where a step's time goes (ms, smoothed)", xlabel="step", ylabel="ms")
-    ax_time.legend(fontsize=8, loc="upper right")
+    # Below the panel: the phases' notes are too long to sit on the bands.
+    ax_time.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(0.0, -0.18))
 
-    title = f"dtrain run {run_dir.name}"
-    if summary:
-        title += (
-            f": {summary['epochs']} epochs, {summary['steps']} steps, {summary['num_workers']} "
-            f"workers, batch {summary['batch_size']}, test accuracy "
-            f"{summary['test_accuracy']:.4f}, {summary['samples_per_second']:,.0f} samples/s"
-        )
-    fig.suptitle(title, fontsize=11)
+    for ax in (ax_loss, ax_acc, ax_time):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, never 2.5
+    fig.suptitle(title(run_dir, steps, summary, read_end(run_dir)), fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")

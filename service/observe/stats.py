@@ -53,6 +53,17 @@ class StepStats:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def phase_seconds(self) -> dict[str, float]:
+        """The step's time by phase; "wait" is the rest (transfer, scheduling, the driver)."""
+        compute = max(self.worker_compute_seconds, default=0.0)
+        known = compute + self.aggregate_seconds + self.update_seconds
+        return {
+            "compute": compute,
+            "aggregate": self.aggregate_seconds,
+            "update": self.update_seconds,
+            "wait": max(self.step_seconds - known, 0.0),
+        }
+
 
 @dataclass(frozen=True, kw_only=True)
 class EpochStats:

@@ -18,7 +18,7 @@ import numpy as np
 
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 from dtrain.workers import exchange
-from dtrain.workers.core import GradStats
+from dtrain.workers.core import GradStats, ignore_float_overflow
 from dtrain.workers.model import ModelSpec
 
 
@@ -162,6 +162,7 @@ class ParameterServer:
     def __init__(
         self, *, exchange_dir: str | None = None, num_workers: int = 0, **kwargs: Any
     ) -> None:
+        ignore_float_overflow()
         self.grads: list[list[np.ndarray]] = []
         self.slots: list[np.ndarray] = []
         staleness = kwargs.get("staleness", 0)

@@ -27,7 +27,7 @@ import numpy as np
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 from dtrain.service.ps.server import ServerStats, check_params
 from dtrain.service.train.plan import split_evenly
-from dtrain.workers.core import GradStats
+from dtrain.workers.core import GradStats, ignore_float_overflow
 from dtrain.workers.model import ModelSpec
 
 
@@ -240,6 +240,7 @@ class ServerShardActor:
     """
 
     def __init__(self, **kwargs: Any) -> None:
+        ignore_float_overflow()
         self.core = ServerShard(**kwargs)
 
     def get_weights(self) -> np.ndarray:

@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from dtrain.service.errors import DtrainError
 from dtrain.service.observe.stats import EpochStats, StepStats
 from dtrain.service.ps.server import ServerStats
 from dtrain.service.train.actors import ActorGroup
-from dtrain.service.train.recovery import CHECKPOINT_DIR, Checkpointer, Progress, Snapshot
+from dtrain.service.train.recovery import Checkpointer, Progress, Snapshot, diverged
 
 # Test loss and accuracy of a weight vector.
 Evaluate = Callable[[np.ndarray], tuple[float, float]]
@@ -122,11 +121,7 @@ class StepLoop:
         s: ServerStats = self.group.get(stats_ref, c.step_timeout_seconds, what)
         now = time.perf_counter()
         if not s.finite:
-            raise DtrainError(
-                f"training diverged at step {s.step} (epoch {epoch}): the loss or gradient "
-                f"is not finite; lower --learning-rate (now {c.optimizer.learning_rate:g}); "
-                f"the last good checkpoint is kept in {c.run_dir / CHECKPOINT_DIR}"
-            )
+            raise diverged(c, s.step, epoch, s.loss_sum / max(s.samples, 1))
         progress.step = s.step
         progress.epoch_loss += s.loss_sum
         progress.epoch_correct += s.correct

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dtrain.service.errors import DtrainError
+from dtrain.service.errors import Diverged, DtrainError
 from dtrain.service.train import checkpoint
 from dtrain.service.train.config import TrainConfig
 from dtrain.workers.model import init_params
@@ -128,6 +128,18 @@ class Checkpointer:
         path = self.config.run_dir / FINAL_CHECKPOINT
         self.save(path, snap, extra)
         return path
+
+
+def diverged(config: TrainConfig, step: int, epoch: int, loss: float) -> Diverged:
+    """The error of a non-finite step, naming a checkpoint only where one was written."""
+    saved = sorted((config.run_dir / CHECKPOINT_DIR).glob("step-*.npz"))
+    kept = f"the weights before it are in {saved[-1]}" if saved else "no checkpoint was written"
+    return Diverged(
+        f"training diverged at step {step} (epoch {epoch}): the loss or gradient is not finite; "
+        f"lower --learning-rate (now {config.optimizer.learning_rate:g}) and start again; {kept}",
+        step=step,
+        loss=loss,
+    )
 
 
 class RestartPolicy:

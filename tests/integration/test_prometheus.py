@@ -26,6 +26,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 
 ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus"
 # The run: 300 steps of batch 128 (the first epoch has 469), a checkpoint every 100.
 STEPS, BATCH = 300, 128
 # Scraped every second, the endpoint's grace gives Prometheus >= 2 scrapes of the final values.
@@ -38,7 +39,8 @@ def documented_metric_names() -> set[str]:
     exprs = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Watching a run") : readme.index("## How it works")]
-    names = set(re.findall(r"\bdtrain_[a-z_]+", exprs + " " + section))
+    # Not the recording rules' own names (run:dtrain_samples:rate1m), which no scrape has.
+    names = set(re.findall(r"(?<![\w:])dtrain_[a-z_]+", exprs + " " + section))
     assert len(names) >= 25, sorted(names)
     return names
 
@@ -69,8 +71,11 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[str], str]]:
 
     def start(target: str) -> str:
         config = tmp_path / "prometheus.yml"
+        # The shipped rules, evaluated every second.
+        rule_files = "".join(f"  - {RULES / name}\n" for name in ("alerts.yml", "recording.yml"))
         config.write_text(
-            "global:\n  scrape_interval: 1s\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"rule_files:\n{rule_files}"
             "scrape_configs:\n  - job_name: dtrain\n    static_configs:\n"
             f"      - targets: ['{target}']\n"
         )
@@ -132,7 +137,7 @@ class LastExposition(threading.Thread):
 def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(
     prepared_mnist: Path, tmp_path: Path, prometheus: Callable[[str], str]
 ) -> None:
-    metrics = PrometheusMetrics(grace_seconds=GRACE_SECONDS)
+    metrics = PrometheusMetrics(grace_seconds=GRACE_SECONDS, labels={"run_id": "scraped-run"})
     port = metrics.serve("127.0.0.1", 0)
     base = prometheus(f"127.0.0.1:{port}")
     try:
@@ -192,6 +197,32 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(
     missing = {n for n in documented_metric_names() if not {n, f"{n}_count"} & scraped}
     assert not missing, f"named but never scraped: {sorted(missing)}"
 
+    # Every dashboard query, as Grafana sends it for this job and run, answers with data.
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dtrain-dashboard.json").read_text())
+    assert api(base, "label/run_id/values") == ["scraped-run"]
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert len(queries) >= 24
+    for query in queries:
+        sent = query.replace("$job", "dtrain").replace("$run", "scraped-run")
+        result = api(base, "query", query=sent, time=end - 1.0)["result"]
+        assert [r["metric"].get("run_id") for r in result][:1] == ["scraped-run"], query
+    # The checkpoint age of an ended job: from its newest checkpoint (the final one) to its end.
+    age = next(q for q in queries if "dtrain_last_checkpoint" in q)
+    age = age.replace("$job", "dtrain").replace("$run", "scraped-run")
+    assert 0 <= float(api(base, "query", query=age, time=end - 1.0)["result"][0]["value"][1]) < 5
+
+    # The shipped rules load and evaluate on the real scrape: throughput per run, no alert
+    # for a run that ended well.
+    groups = api(base, "rules")["groups"]
+    assert {g["name"] for g in groups} == {"dtrain", "dtrain-throughput"}
+    for group in groups:
+        for rule in group["rules"]:
+            assert rule["health"] == "ok", rule
+    rate = api(base, "query", query="run:dtrain_samples:rate1m", time=end - 1.0)["result"]
+    assert rate and rate[0]["metric"]["run_id"] == "scraped-run", rate
+    assert float(rate[0]["value"][1]) > 0
+    assert api(base, "query", query="ALERTS", time=end - 1.0)["result"] == []
+
     # Counters and histogram counts only grow, and the run was scraped while it ran.
     series = api(
         base,
@@ -209,7 +240,7 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(
     assert len({float(v) for _, v in steps["values"]}) >= 3, steps["values"]
 
     # The exposition the exporter served last (during the grace) passes promtool's lint.
-    assert b"dtrain_job_success 1.0" in reader.body
+    assert b'dtrain_job_success{run_id="scraped-run"} 1.0' in reader.body
     lint = subprocess.run(
         ["promtool", "check", "metrics"], input=reader.body, capture_output=True, timeout=30
     )
@@ -249,10 +280,12 @@ def test_cli_serves_on_a_free_port_and_pushes_the_final_values(
     printed = re.search(r"dtrain: metrics at http://127\.0\.0\.1:(\d+)/metrics", result.stderr)
     assert printed and int(printed.group(1)) > 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert len(received) == 1 and received[0][1] == "/metrics/job/dtrain"
+    # The run's own group on the gateway, named by its run directory.
+    assert len(received) == 1 and received[0][1] == "/metrics/job/dtrain/run_id/run"
     body = received[0][2]
-    assert f"dtrain_global_step {summary['steps']:.1f}".encode() in body
-    assert b"dtrain_steps_total 5.0" in body and b"dtrain_job_success 1.0" in body
+    assert f'dtrain_global_step{{run_id="run"}} {summary["steps"]:.1f}'.encode() in body
+    assert b'dtrain_steps_total{run_id="run"} 5.0' in body
+    assert b'dtrain_job_success{run_id="run"} 1.0' in body
     lint = subprocess.run(
         ["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30
     )

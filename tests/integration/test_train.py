@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from prometheus_client import generate_latest
 
 from dtrain.cli.main import cli
 from dtrain.service.data import dataset
-from dtrain.service.errors import DtrainError
+from dtrain.service.errors import Diverged, DtrainError
+from dtrain.service.observe.metrics import PrometheusMetrics
 from dtrain.service.ps.optim import OptimizerConfig
 from dtrain.service.ps.server import ServerCore
 from dtrain.service.train import checkpoint
@@ -117,8 +123,44 @@ def test_divergence_stops_with_the_step_named(prepared_mnist: Path, tmp_path: Pa
         max_steps=60,
         optimizer=OptimizerConfig(learning_rate=1e30, schedule="constant"),
     )
-    with pytest.raises(DtrainError, match=r"diverged at step \d+ .*learning-rate"):
-        Trainer(config).run()
+    metrics = PrometheusMetrics()
+    with pytest.raises(Diverged, match=r"diverged at step \d+ .*learning-rate") as caught:
+        Trainer(config, [metrics]).run()
+    # No periodic checkpoint was due before it (every 200 steps): none is named.
+    assert str(caught.value).endswith("and start again; no checkpoint was written")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    # The metrics say so, for the alert: the job failed, diverged, and its loss is not finite.
+    text = generate_latest(metrics.registry).decode()
+    assert "dtrain_diverged 1.0" in text and "dtrain_job_success 0.0" in text
+    assert not math.isfinite(caught.value.loss)
+
+
+def test_a_diverging_run_ends_in_one_line_not_numpy_warnings(
+    prepared_mnist: Path, tmp_path: Path
+) -> None:
+    """As a user sees it: a separate `dtrain train`, its stderr whole (Ray forwards actor logs)."""
+    run_dir = tmp_path / "run"
+    args = ["--data-dir", str(prepared_mnist), "--run-dir", str(run_dir), "--max-steps", "60"]
+    args += ["--learning-rate", "1e6", "--lr-schedule", "constant", "--checkpoint-every", "2"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "dtrain.cli.main", "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert done.returncode == 1, done.stderr
+    assert "RuntimeWarning" not in done.stderr, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    # The checkpoint it names exists: periodic ones were written before the bad step.
+    match = re.fullmatch(
+        r"Error: training diverged at step (\d+) \(epoch 1\): .* lower --learning-rate "
+        r"\(now 1e\+06\) and start again; the weights before it are in (\S+)",
+        last,
+    )
+    assert match, done.stderr
+    assert Path(match[2]).is_file() and Path(match[2]).parent == run_dir / "checkpoints"
 
 
 def test_more_workers_than_samples_is_refused(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -620,6 +620,23 @@ CASES = [
         1,
         "is not a Ray port",
     ),
+    Case(
+        "progress-interval-0",
+        "cli",
+        "`--progress-interval 0`",
+        lambda ws: train_args(ws / "data", ws, "--progress-interval", "0"),
+        2,
+        "'--progress-interval': 0.0 is not in the range x>0",
+    ),
+    Case(
+        "mlflow-unreachable",
+        "trackers",
+        "`--mlflow http://127.0.0.1:1` (no tracking server there)",
+        lambda ws: train_args(ws / "data", ws, "--mlflow", "http://127.0.0.1:1"),
+        1,
+        "--mlflow http://127.0.0.1:1:",
+        process=True,
+    ),
 ]
 
 

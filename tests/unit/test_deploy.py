@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import tomllib
 from pathlib import Path
@@ -203,7 +204,7 @@ def test_dockerignore_keeps_local_state_out_of_the_image() -> None:
 def test_compose_cluster() -> None:
     compose = load_yaml(DEPLOY / "compose.yaml")
     services = compose["services"]
-    assert set(services) == {"head", "worker", "prometheus"}
+    assert set(services) == {"head", "worker", "prometheus", "pushgateway"}
     head, worker = (
         parse_ray_start(services["head"]["command"]),
         parse_ray_start(services["worker"]["command"]),
@@ -222,17 +223,32 @@ def test_compose_cluster() -> None:
     assert services["head"]["ports"] == [f"127.0.0.1:{head['dashboard_port']}:8265"]
 
 
-def test_prometheus_configs_pass_promtool() -> None:
+def test_prometheus_configs_pass_promtool(tmp_path: Path) -> None:
     compose = load_yaml(DEPLOY / "compose.yaml")
-    (mount,) = compose["services"]["prometheus"]["volumes"]
-    config = (DEPLOY / mount.split(":")[0]).resolve()
-    assert config == DEPLOY / "docker" / "prometheus.yml"
+    # The container's /etc/prometheus as compose mounts it: the config and its rule files.
+    etc = tmp_path / "etc" / "prometheus"
+    etc.mkdir(parents=True)
+    for mount in compose["services"]["prometheus"]["volumes"]:
+        source, target, mode = mount.split(":")
+        assert mode == "ro" and target.startswith("/etc/prometheus/"), mount
+        shutil.copy(DEPLOY / source, etc / Path(target).name)
+    assert (etc / "prometheus.yml").read_bytes() == (
+        DEPLOY / "docker" / "prometheus.yml"
+    ).read_bytes()
+    config = etc / "prometheus.yml"
     result = subprocess.run(
         ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # Both rule files load (promtool checks the rule files a config names).
+    assert "SUCCESS: 2 rule files found" in result.stdout, result.stdout
     # It scrapes the port every Ray node exports its metrics on.
     head = parse_ray_start(compose["services"]["head"]["command"])
     scrape = load_yaml(config)["scrape_configs"]
     ray_job = next(s for s in scrape if s["job_name"] == "ray")
     assert ray_job["dns_sd_configs"][0]["port"] == head["metrics_export_port"]
+    # And the Pushgateway compose runs, keeping the pushed run labels.
+    gateway = next(s for s in scrape if s["job_name"] == "pushgateway")
+    assert gateway["honor_labels"] is True
+    (port,) = compose["services"]["pushgateway"]["ports"]
+    assert gateway["static_configs"][0]["targets"] == [f"pushgateway:{port.split(':')[-1]}"]

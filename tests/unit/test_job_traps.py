@@ -27,7 +27,7 @@ from dtrain.service.jobs.endpoint import token_mode
 from dtrain.service.jobs.format import format_record, format_table
 from dtrain.service.jobs.record import JobRecord
 from dtrain.service.jobs.results import run_facts
-from dtrain.service.observe.observers import ConsoleProgress
+from dtrain.service.observe.progress import ConsoleProgress
 from dtrain.service.observe.stats import JobInfo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -213,8 +213,8 @@ def test_the_start_line_counts_the_steps_it_will_make() -> None:
         )
         return out.getvalue()
 
-    assert "30 steps (--max-steps) of 1 epochs x 469 steps" in start_line(30)
-    assert ", 1 epochs x 469 steps," in start_line(469)
+    assert "30 steps (--max-steps) of 1 epoch x 469 steps" in start_line(30)
+    assert ", 1 epoch x 469 steps," in start_line(469)
 
 
 # --- the jobs table ------------------------------------------------------------------------

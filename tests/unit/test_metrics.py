@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import socket
 import subprocess
@@ -19,8 +20,13 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dtrain.cli.main import cli
-from dtrain.service.errors import DtrainError
-from dtrain.service.observe.metrics import PrometheusMetrics, check_pushgateway_url
+from dtrain.service.errors import Diverged, DtrainError
+from dtrain.service.observe.metrics import (
+    MetricsConfig,
+    PrometheusMetrics,
+    check_pushgateway_url,
+)
+from dtrain.service.observe.run_labels import RAY_JOB_CONFIG_ENV, ray_job_id, run_labels
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -334,3 +340,83 @@ def test_the_endpoint_outlives_the_job_by_the_grace_but_not_after_ctrl_c() -> No
     assert time.monotonic() - began < 5
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+
+
+# --- runs told apart ----------------------------------------------------------------------------
+
+
+def test_every_series_names_its_run_and_ray_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        RAY_JOB_CONFIG_ENV,
+        json.dumps({"runtime_env": {}, "metadata": {"job_submission_id": "raysubmit_abc123"}}),
+    )
+    m = MetricsConfig().build(run_id="20261123-1650-ab12")
+    fed = fed_metrics(labels=m.labels)
+    text = generate_latest(fed.registry).decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    assert len(samples) > 100
+    for s in samples:
+        assert s.labels["run_id"] == "20261123-1650-ab12", s
+        assert s.labels["ray_job_id"] == "raysubmit_abc123", s
+    info = value(fed, "dtrain_job_info", run_id="20261123-1650-ab12", optimizer="nesterov")
+    assert info == 1
+    # The labels sit beside a series' own: the phase histogram keeps its phase and le.
+    assert value(fed, "dtrain_step_phase_duration_seconds_count", phase="wait") == 6
+    # And the exposition stays clean for promtool.
+    done = subprocess.run(
+        ["promtool", "check", "metrics"], input=text.encode(), capture_output=True, timeout=30
+    )
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+def test_the_ray_job_id_comes_only_from_a_submitted_drivers_environment() -> None:
+    def env(raw: str) -> dict[str, str]:
+        return {RAY_JOB_CONFIG_ENV: raw}
+
+    meta = {"metadata": {"job_submission_id": "raysubmit_x"}}
+    assert ray_job_id(env(json.dumps(meta))) == "raysubmit_x"
+    assert ray_job_id({}) == ""
+    for broken in (
+        "",
+        "not json",
+        "[1]",
+        '{"metadata": 3}',
+        '{"metadata": {"job_submission_id": 1}}',
+    ):
+        assert ray_job_id(env(broken)) == "", broken
+    # A driver run by hand: only the run id, and no empty label on any series.
+    assert run_labels("r1", {}) == {"run_id": "r1"}
+    m = fed_metrics(labels=run_labels("r1", {}))
+    assert "ray_job_id" not in generate_latest(m.registry).decode()
+
+
+def test_each_run_pushes_its_own_group(
+    pushgateway: tuple[str, list[tuple[str, str, bytes]]],
+) -> None:
+    url, received = pushgateway
+    for run_id in ("run-a", "run-b"):
+        m = fed_metrics(pushgateway=url, labels={"run_id": run_id, "ray_job_id": "raysubmit_1"})
+        m.on_end(summary(), None)
+    paths = [path for _, path, _ in received]
+    assert paths == [
+        "/metrics/job/dtrain/ray_job_id/raysubmit_1/run_id/run-a",
+        "/metrics/job/dtrain/ray_job_id/raysubmit_1/run_id/run-b",
+    ]
+
+
+def test_a_diverged_run_exports_it(
+    pushgateway: tuple[str, list[tuple[str, str, bytes]]],
+) -> None:
+    url, received = pushgateway
+    m = fed_metrics(pushgateway=url)
+    assert value(m, "dtrain_diverged") == 0 and value(m, "dtrain_workers_planned") == 2
+    m.on_end(None, Diverged("training diverged at step 7", step=7, loss=math.inf))
+    assert value(m, "dtrain_diverged") == 1
+    assert value(m, "dtrain_train_loss") == math.inf  # not the last finite batch's loss
+    assert value(m, "dtrain_job_success") == 0
+    body = received[0][2].decode()
+    assert "dtrain_diverged 1.0" in body and "dtrain_train_loss +Inf" in body
+    # Any other failure is not a divergence.
+    other = fed_metrics()
+    other.on_end(None, DtrainError("an actor died"))
+    assert value(other, "dtrain_diverged") == 0

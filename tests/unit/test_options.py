@@ -10,6 +10,8 @@ from dtrain.cli.jobs_cmds import submit
 from dtrain.cli.options import METRICS_OPTIONS, TRAIN_FIELDS, TRAIN_OPTIONS, build_config
 from dtrain.cli.train_cmd import train
 from dtrain.service.observe.metrics import MetricsConfig
+from dtrain.service.observe.progress import ProgressConfig
+from dtrain.service.observe.trackers import TrackerConfig
 from dtrain.service.train.config import TrainConfig
 
 # train's options that configure the command, not the run.
@@ -26,10 +28,12 @@ def field_at(path: str) -> dataclasses.Field:
 
 def test_every_train_option_comes_from_a_config_field() -> None:
     metrics = {f.name for f in dataclasses.fields(MetricsConfig)}
+    progress = {f.name for f in dataclasses.fields(ProgressConfig)}
+    progress |= {f.name for f in dataclasses.fields(TrackerConfig)}
     for param in train.params:
         if param.name in COMMAND_OPTIONS:
             continue
-        assert param.name in TRAIN_FIELDS or param.name in metrics, param.name
+        assert param.name in set(TRAIN_FIELDS) | metrics | progress, param.name
 
 
 def test_defaults_help_and_choices_are_the_fields_own() -> None:

@@ -9,7 +9,18 @@ import numpy as np
 from click.testing import CliRunner
 
 from dtrain.cli.main import cli
-from dtrain.service.observe.report import phases, read_history, smooth
+from dtrain.service.errors import Diverged
+from dtrain.service.observe.observers import HistoryWriter
+from dtrain.service.observe.report import (
+    PHASE_COLORS,
+    PHASE_NOTES,
+    phase_label,
+    phases,
+    read_end,
+    read_history,
+    smooth,
+    title,
+)
 
 
 def write_history(run_dir: Path, steps: int = 40, replayed: tuple[int, ...] = ()) -> None:
@@ -83,3 +94,49 @@ def test_missing_or_empty_history_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "run" / "history.jsonl").write_text("{not json\n")
     r = CliRunner().invoke(cli, ["report", str(tmp_path / "run")])
     assert r.exit_code == 1 and "history.jsonl:1 is not JSON" in r.output
+
+
+def test_the_title_says_how_the_run_ended(tmp_path: Path) -> None:
+    steps = [{"step": n} for n in range(1, 6)]
+    summary = {
+        "epochs": 1,
+        "steps": 1,
+        "num_workers": 2,
+        "batch_size": 128,
+        "test_accuracy": 0.9,
+        "samples_per_second": 1000.0,
+    }
+    done = title(tmp_path / "r1", steps, summary, {"kind": "end", "ok": True, "error": None})
+    assert done.startswith("dtrain run r1: 1 epoch, 1 step, 2 workers, batch 128")
+    error = "training diverged at step 6 (epoch 1): the loss or gradient is not finite"
+    stopped = title(tmp_path / "r1", steps, None, {"kind": "end", "ok": False, "error": error})
+    assert stopped == f"dtrain run r1: stopped after step 5\n{error}"
+    going = title(tmp_path / "r1", steps, None, None)
+    assert going == "dtrain run r1: 5 steps so far, no summary (still running, or killed)"
+
+
+def test_every_phase_is_explained_in_the_legend() -> None:
+    assert set(PHASE_NOTES) == set(PHASE_COLORS)
+    assert phase_label("wait", 1.234) == (
+        "wait 1.23 ms: the rest: moving weights and gradients, Ray scheduling, the driver"
+    )
+
+
+def test_the_history_records_how_the_run_ended_and_the_report_reads_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    write_history(run_dir)
+    writer = HistoryWriter(run_dir / "history.jsonl")
+    writer._file = (run_dir / "history.jsonl").open("a", encoding="utf-8")
+    writer.on_end(None, Diverged("training diverged at step 41 (epoch 3)\nmore", step=41, loss=1.0))
+    end = read_end(run_dir)
+    assert end == {"kind": "end", "ok": False, "error": "training diverged at step 41 (epoch 3)"}
+    # A resumed run appends a later end: the last one counts.
+    writer._file = (run_dir / "history.jsonl").open("a", encoding="utf-8")
+    writer.on_end(None, KeyboardInterrupt())
+    assert read_end(run_dir) == {"kind": "end", "ok": False, "error": "KeyboardInterrupt"}
+    # The steps and epochs read as before, and the report draws it.
+    steps, epochs = read_history(run_dir)
+    assert len(steps) == 40 and len(epochs) == 2
+    out = tmp_path / "r.png"
+    assert CliRunner().invoke(cli, ["report", str(run_dir), "--out", str(out)]).exit_code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
