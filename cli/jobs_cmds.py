@@ -26,6 +26,7 @@ import click
 from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import build_config, json_option
 from dtrain.cli.train_cmd import train
+from dtrain.service.train import stopping
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
@@ -198,13 +199,13 @@ def _follow(client: Any, job_id: str, quiet: bool = False) -> Any:
 
     try:
         record = client.follow(job_id, write)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (cli/group.py takes both)
         click.echo(
-            f"\ndtrain: stopped following {job_id}; it keeps running "
-            f"(`dtrain jobs stop {job_id}` ends it)",
+            f"\ndtrain: stopped following {job_id} ({stopping.signal_name(e)}); it keeps "
+            f"running (`dtrain jobs stop {job_id}` ends it)",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(stopping.exit_code(e))
     if record.status == "SUCCEEDED":
         click.echo(f"dtrain: job {job_id} succeeded", err=True)
     else:
