@@ -54,6 +54,8 @@ def check_path(run_dir: Path) -> None:
     if probe.exists() and not probe.is_dir():
         where = "is" if probe == run_dir else f"is under {probe}, which is"
         raise DtrainError(f"run directory {run_dir} {where} a file, not a directory")
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        raise DtrainError(f"run directory {run_dir}: {probe} is on a read-only filesystem")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise DtrainError(f"run directory {run_dir}: {probe} is not writable")
 

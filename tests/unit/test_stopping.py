@@ -1,0 +1,71 @@
+"""SIGTERM stops like Ctrl-C: at a step boundary while steps run, at once otherwise or when sent
+twice; exit 128 + the signal. Real signals, sent to this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dtrain.service.train import stopping
+
+
+@pytest.fixture
+def handlers() -> Iterator[None]:
+    assert stopping.install()
+    try:
+        yield
+    finally:
+        stopping.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def wait_for_signal() -> None:
+    """A signal is handled between bytecodes of the main thread: give it a few."""
+    for _ in range(100):
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_outside_the_step_loop_a_signal_stops_at_once(handlers: None, sig: int, code: int) -> None:
+    with pytest.raises(KeyboardInterrupt) as raised:
+        os.kill(os.getpid(), sig)
+        wait_for_signal()
+    assert stopping.exit_code(raised.value) == code
+    assert stopping.signal_name(raised.value) == signal.Signals(sig).name
+
+
+def test_while_steps_run_the_first_signal_asks_and_the_second_stops(
+    handlers: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stopping.set_graceful(True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    wait_for_signal()
+    assert stopping.requested() == signal.SIGTERM
+    assert "SIGTERM: stopping after the current step" in capsys.readouterr().err
+    with pytest.raises(stopping.Interrupted) as raised:
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal, of either kind
+        wait_for_signal()
+    # Reported as the stop that was asked for first.
+    assert raised.value.signum == signal.SIGTERM and raised.value.exit_code == 143
+
+
+def test_a_stop_that_cannot_reach_a_step_boundary_becomes_immediate(
+    handlers: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stopping, "STOP_GRACE_SECONDS", 0.2)
+    stopping.set_graceful(True)
+    start = time.monotonic()
+    with pytest.raises(stopping.Interrupted):
+        os.kill(os.getpid(), signal.SIGTERM)
+        while time.monotonic() - start < 10:  # a hung step
+            time.sleep(0.01)
+    assert time.monotonic() - start < 5
+
+
+def test_a_second_install_is_not_the_owner(handlers: None) -> None:
+    assert not stopping.install()
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
