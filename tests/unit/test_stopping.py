@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +72,30 @@ def test_a_stop_that_cannot_reach_a_step_boundary_becomes_immediate(
 def test_a_second_install_is_not_the_owner(handlers: None) -> None:
     assert not stopping.install()
     assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+
+
+def test_sigterm_during_data_prepare_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    """Any command, not only train: the group takes SIGTERM, finally blocks clean up."""
+    out = tmp_path / "mnist"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dtrain.cli.main", "data", "prepare", "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".mnist.tmp-*")):  # mid-write
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "dtrain: interrupted (SIGTERM)", stderr
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
