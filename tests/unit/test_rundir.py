@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from dtrain.service.errors import DtrainError
-from dtrain.service.train import localray
 from dtrain.service.train.rundir import LOCK_FILE, RunDirLock, cut_history
 
 
@@ -236,55 +235,3 @@ def test_history_cut_drops_records_of_the_wrong_shape(tmp_path: Path) -> None:
     )
     cut_history(path, step=10, epochs=set())
     assert path.read_bytes() == history_lines(good)
-
-
-def test_ray_token_is_created_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        monkeypatch.delenv(name, raising=False)
-    localray.ensure_private_token()
-    token = tmp_path / ".ray" / "auth_token"
-    assert token.stat().st_mode & 0o777 == 0o600
-    assert (tmp_path / ".ray").stat().st_mode & 0o777 == 0o700
-    assert len(token.read_text()) == 64 and [p.name for p in token.parent.iterdir()] == [
-        "auth_token"
-    ]
-    first = token.read_text()
-    localray.ensure_private_token()  # an existing token is never replaced
-    assert token.read_text() == first
-
-
-def test_a_readable_ray_token_is_named_not_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
-    token = tmp_path / ".ray" / "auth_token"
-    token.parent.mkdir()
-    token.write_text("t" * 64)
-    token.chmod(0o644)
-    localray.ensure_private_token()
-    assert "readable by other users" in capsys.readouterr().err
-    assert token.stat().st_mode & 0o777 == 0o644
-
-
-def test_no_token_is_written_when_ray_would_not_use_one(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    localray.ensure_private_token()
-    assert not (tmp_path / ".ray").exists()
-
-
-def test_owner_tags_tell_a_live_driver_from_a_dead_one() -> None:
-    assert localray.owner_alive(localray.owner_tag())
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    tag = localray.owner_tag(child.pid)
-    assert localray.owner_alive(tag)
-    child.kill()
-    child.wait()
-    assert not localray.owner_alive(tag)
-    assert not localray.owner_alive("garbage")
