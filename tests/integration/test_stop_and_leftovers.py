@@ -224,3 +224,40 @@ def test_local_ray_listens_on_loopback_and_a_killed_driver_leaves_nothing(
     assert not shm_of(proc.pid), "the killed run's shared memory outlived the next run"
     np.testing.assert_array_equal(checkpoint.load(run_dir / "checkpoint.npz").params, reference)
     assert history_steps(run_dir) == list(range(1, STEPS + 1))
+
+
+def test_a_resume_from_an_epochs_last_step_keeps_that_epochs_record(
+    tiny_dataset: Path, tmp_path: Path, ray_local: object
+) -> None:
+    """A checkpoint at an epoch's last step precedes that epoch's record; the resumed run writes
+    it, so history (file and checkpoint) holds every epoch once, as an uninterrupted run's."""
+    import shutil
+
+    def cfg(run_dir: Path) -> TrainConfig:  # 30 samples, batch 10: 3 steps an epoch
+        return TrainConfig(
+            data_dir=tiny_dataset, run_dir=run_dir, epochs=2, batch_size=10, checkpoint_every=3
+        )
+
+    from dtrain.service.observe.observers import HistoryWriter
+
+    clean = tmp_path / "clean"
+    Trainer(cfg(clean), [HistoryWriter(clean / "history.jsonl")]).run()
+    resumed = tmp_path / "resumed"
+    (resumed / CHECKPOINT_DIR).mkdir(parents=True)
+    shutil.copy(clean / "config.json", resumed)
+    shutil.copy(clean / CHECKPOINT_DIR / "step-00000003.npz", resumed / CHECKPOINT_DIR)
+    lines = (clean / "history.jsonl").read_text().splitlines(keepends=True)
+    # The killed run had logged its three steps, not yet epoch 1's record.
+    (resumed / "history.jsonl").write_text("".join(lines[:3]))
+    Trainer(cfg(resumed), [HistoryWriter(resumed / "history.jsonl")], resume=True).run()
+
+    def epochs(run_dir: Path) -> list[tuple[int, int, float]]:
+        history = checkpoint.load(run_dir / "checkpoint.npz").meta["progress"]["history"]
+        return [(h["epoch"], h["steps"], h["train_loss"]) for h in history]
+
+    assert epochs(resumed) == epochs(clean) and len(epochs(clean)) == 2
+    records = [json.loads(line) for line in (resumed / "history.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r.get("step", r.get("epoch"))) for r in records] == [
+        (json.loads(line)["kind"], json.loads(line).get("step", json.loads(line).get("epoch")))
+        for line in lines
+    ]
