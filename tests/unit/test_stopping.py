@@ -99,3 +99,60 @@ def test_sigterm_during_data_prepare_is_one_line_and_leaves_nothing(tmp_path: Pa
     assert stderr.strip().splitlines()[-1] == "dtrain: interrupted (SIGTERM)", stderr
     assert "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_while_following_a_job_stops_following_in_one_line(tmp_path: Path) -> None:
+    """`dtrain submit --wait` and `jobs logs --follow` under SIGTERM: the job keeps running,
+    the follower says so and exits 143. A stand-in Jobs API answers the version check and then
+    keeps the job's request waiting, as a slow head would."""
+    import http.server
+    import json
+    import threading
+
+    import ray
+
+    waiting, release = threading.Event(), threading.Event()
+
+    class JobsApi(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path != "/api/version":
+                waiting.set()
+                release.wait(60)  # the follower is signalled while waiting here
+            body = json.dumps({"version": "4", "ray_version": ray.__version__}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JobsApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}"
+    follow = ["jobs", "logs", "raysubmit_x", "--follow", "--address", url]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dtrain.cli.main", *follow],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled", "HOME": str(tmp_path)},
+    )
+    try:
+        assert waiting.wait(60), "the follower never asked for the job"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        "dtrain: stopped following raysubmit_x (SIGTERM); it keeps running "
+        "(`dtrain jobs stop raysubmit_x` ends it)"
+    ), stderr
