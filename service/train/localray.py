@@ -127,11 +127,14 @@ def _start_reaper(tag: str) -> subprocess.Popen[bytes] | None:
     env = {k: v for k, v in os.environ.items() if k != OWNER_VARIABLE}
     try:
         return subprocess.Popen(
-            [sys.executable, "-c", REAPER_CODE, tag],
+            # -I: no working directory or PYTHONPATH on sys.path, so a user's own package
+            # named like ours cannot stand in for it.
+            [sys.executable, "-I", "-c", REAPER_CODE, tag],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
+            cwd="/",  # holds no directory of the user's busy
             # Its own session: a terminal's signals and a kill of the driver's group spare it.
             start_new_session=True,
         )

@@ -47,12 +47,20 @@ def reference(
     return checkpoint.load(run_dir / "checkpoint.npz").params
 
 
-def start_train(data: Path, run_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_train(
+    data: Path, run_dir: Path, log: Path, home: Path | None = None
+) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    if home is not None:  # a HOME of its own: where Ray keeps its token file
+        env["HOME"] = str(home)
+        for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+            env.pop(name, None)
     with log.open("wb") as err:
         return subprocess.Popen(
             [*DTRAIN, "train", "--data-dir", str(data), "--run-dir", str(run_dir), *ARGS],
             stdout=subprocess.DEVNULL,
             stderr=err,
+            env=env,
         )
 
 
@@ -189,13 +197,18 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resumes_bitwise(
 def test_local_ray_listens_on_loopback_and_a_killed_driver_leaves_nothing(
     prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
 ) -> None:
-    """A laptop on a café network exposes nothing; SIGKILL (OOM killer, kill -9) of the driver
+    """A laptop on a café network exposes nothing (no port beyond loopback, a token file only
+    its owner reads); SIGKILL (OOM killer, kill -9) of the driver
     alone leaves no Ray process, port, shared-memory file or half-written checkpoint behind,
     and the resumed run logs no step twice."""
-    run_dir, log = tmp_path / "run", tmp_path / "driver.log"
-    proc = start_train(prepared_mnist, run_dir, log)
+    run_dir, log, home = tmp_path / "run", tmp_path / "driver.log", tmp_path / "home"
+    home.mkdir()
+    proc = start_train(prepared_mnist, run_dir, log, home=home)
     try:
         wait_for_checkpoint(proc, run_dir, log)
+        # Ray's token, which lets whoever reads it run code on the cluster: private.
+        token = home / ".ray" / "auth_token"
+        assert token.stat().st_mode & 0o777 == 0o600
         procs = descendants(proc.pid)
         sockets = listening([proc.pid, *procs])
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid, _ in sockets}
