@@ -11,10 +11,12 @@ the variable when it was imported) and, through the environment, for every Ray p
 Leftovers. Ray ties the GCS and the raylet to the driver (``PR_SET_PDEATHSIG``), but the
 dashboard and runtime-env agents are the raylet's children: when a SIGKILLed driver takes the
 raylet and the GCS with it, each agent notices and then blocks for up to a minute reporting the
-raylet's death to the dead GCS, still listening. Every process of a dtrain-started Ray carries
-``DTRAIN_LOCAL_RAY_OWNER=<driver pid>-<its start time>`` in its environment, which identifies
-it without doubt; a small reaper process, which outlives the driver, ends them when the driver
-dies, and the next local run ends any whose owner is gone (if the reaper died too).
+raylet's death to the dead GCS, still listening. A small reaper process, in its own session so
+that it outlives the driver, notes the driver's Ray processes (its descendants) while the driver
+lives and ends those still running when it dies. Every process of a dtrain-started Ray also
+carries ``DTRAIN_LOCAL_RAY_OWNER=<driver pid>-<its start time>`` in its environment, so the next
+local run ends any whose driver is gone if the reaper died too (except the agents, whose
+environment Ray's setproctitle overwrites).
 
 Token. Ray writes a new ``~/.ray/auth_token`` with the umask's mode (0644: readable by every
 user of the machine); dtrain creates it 0600 before Ray would, and warns about a readable one.
@@ -36,6 +38,8 @@ from pathlib import Path
 OWNER_VARIABLE = "DTRAIN_LOCAL_RAY_OWNER"
 LOOPBACK_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TERM_GRACE_SECONDS = 2.0
+# How often the reaper notes the driver's Ray processes (one read of /proc/*/stat).
+SCAN_SECONDS = 0.5
 REAPER_CODE = "import sys; from dtrain.service.train.localray import reap; reap(sys.argv[1])"
 
 
@@ -109,13 +113,56 @@ def end_orphans() -> list[int]:
     return end_processes(orphans) if orphans else []
 
 
+def process_table() -> dict[int, tuple[int, str]]:
+    """Every process: pid -> (parent pid, start time)."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), fields[19])
+    return table
+
+
+def family(tag: str) -> dict[int, str]:
+    """The driver's Ray as it is now: every process below the driver or carrying its tag, and
+    their descendants (pid -> start time). The tag alone misses the agents: Ray renames them
+    with setproctitle, which overwrites the environment that /proc shows."""
+    table = process_table()
+    driver = int(tag.partition("-")[0]) if tag.partition("-")[0].isdigit() else -1
+    tagged = {pid for pid, owner in owned_processes().items() if owner == tag}
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, str] = {}
+    todo = [driver, *tagged]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in (driver, os.getpid()):  # the reaper is a child too
+            found[pid] = table[pid][1]
+        todo.extend(p for p in children.get(pid, []) if p not in found and p != os.getpid())
+    return found
+
+
 def reap(tag: str) -> None:
-    """The reaper: wait for the driver (EOF on stdin), then end what its Ray left running."""
+    """The reaper: note the driver's Ray processes while it lives (stdin open), end those still
+    running once it is gone (EOF on stdin), however it ended."""
+    import select
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the driver's to handle
-    while sys.stdin.buffer.read(4096):
-        pass
+    known: dict[int, str] = {}
+    while True:
+        known.update(family(tag))
+        ready, _, _ = select.select([sys.stdin.buffer], [], [], SCAN_SECONDS)
+        if ready and not os.read(sys.stdin.fileno(), 4096):
+            break
     for _ in range(3):  # a process may still have been starting when the driver died
-        mine = [pid for pid, owner in owned_processes().items() if owner == tag]
+        known.update(family(tag))
+        mine = [pid for pid, started in known.items() if start_time(pid) == started]
         if not mine:
             return
         end_processes(mine)

@@ -210,6 +210,9 @@ def test_local_ray_listens_on_loopback_and_a_killed_driver_leaves_nothing(
         token = home / ".ray" / "auth_token"
         assert token.stat().st_mode & 0o777 == 0o600
         procs = descendants(proc.pid)
+        comms = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in alive(procs)}
+        # The agents are what used to outlive a killed driver, on 0.0.0.0, for minutes.
+        assert {"ray::DashboardA", "ray::RuntimeEnv"} <= comms, comms
         sockets = listening([proc.pid, *procs])
         names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid, _ in sockets}
         assert {"gcs_server", "raylet"} <= names, sockets
