@@ -90,7 +90,7 @@ def end_processes(pids: list[int]) -> list[int]:
             os.kill(pid, signal.SIGTERM)
             signalled.append(pid)
     deadline = time.monotonic() + TERM_GRACE_SECONDS
-    while time.monotonic() < deadline and any(_running(p) for p in signalled):
+    while time.monotonic() < deadline and any(running(p) for p in signalled):
         time.sleep(0.05)
     for pid in signalled:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -98,7 +98,7 @@ def end_processes(pids: list[int]) -> list[int]:
     return signalled
 
 
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             stat = f.read()

@@ -20,7 +20,7 @@ import pytest
 
 from dtrain.service.train import checkpoint
 from dtrain.service.train.config import TrainConfig
-from dtrain.service.train.localray import start_time
+from dtrain.service.train.localray import running, start_time
 from dtrain.service.train.recovery import CHECKPOINT_DIR, latest_checkpoint
 from dtrain.service.train.trainer import Trainer
 
@@ -111,7 +111,12 @@ def descendants(root: int) -> dict[int, str | None]:
 
 
 def alive(procs: dict[int, str | None]) -> list[int]:
-    return [pid for pid, started in procs.items() if started and start_time(pid) == started]
+    """Those still running (a zombie is not: only its exit status is left)."""
+    return [
+        pid
+        for pid, started in procs.items()
+        if started and start_time(pid) == started and running(pid)
+    ]
 
 
 def listening(pids: list[int]) -> list[tuple[int, str]]:

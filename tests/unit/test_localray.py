@@ -91,3 +91,41 @@ def test_the_next_run_ends_what_a_dead_drivers_ray_left_and_nothing_else() -> No
         for p in (orphan, live, untagged):
             p.kill()
             p.wait()
+
+
+DRIVER = """
+import subprocess, sys, time
+from dtrain.service.train import localray
+# A Ray process as the raylet starts the agents: a child, renamed, its own session.
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         start_new_session=True)
+reaper = localray._start_reaper(localray.owner_tag())
+time.sleep(2 * localray.SCAN_SECONDS)  # the reaper has noted the child
+print(child.pid, reaper.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_reaper_ends_what_a_sigkilled_driver_left_running() -> None:
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None
+        child, reaper = map(int, driver.stdout.readline().split())
+        child_started = localray.start_time(child)
+        assert child_started is not None
+    finally:
+        driver.kill()  # SIGKILL: no finally block of the driver runs
+        driver.wait()
+        if driver.stdout is not None:
+            driver.stdout.close()
+
+    def lives(pid: int, started: str | None) -> bool:  # a zombie is not alive
+        return localray.start_time(pid) == started and localray.running(pid)
+
+    deadline = time.monotonic() + 15
+    while lives(child, child_started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not lives(child, child_started), "the driver's child outlived it"
+    while localray.running(reaper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not localray.running(reaper), "the reaper did not exit after its work"
