@@ -7,8 +7,9 @@ from typing import Any
 
 import click
 
+from dtrain.cli.jsonout import stdout_to_stderr
 from dtrain.cli.options import data_dir_option, json_option, parse_int_list
-from dtrain.service.train.config import DEVICES, EXCHANGES
+from dtrain.service.train.config import DEVICES, EXCHANGES, MAX_SEED
 
 
 def parse_counts(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
@@ -96,7 +97,7 @@ sim_workers_option = click.option(
 )
 @click.option(
     "--seed",
-    type=int,
+    type=click.IntRange(min=0, max=MAX_SEED),
     default=0,
     show_default=True,
     help="Seed for the initial weights and the batches, the same for every variant.",
@@ -131,7 +132,9 @@ def bench(quick: bool, as_json: bool, **options: Any) -> None:
         config = BenchConfig.from_options(quick=quick, **options)
     except ValueError as e:
         raise click.UsageError(str(e)) from e
-    report = b.run_bench(config, progress=b.default_progress)
+    # With --json, stdout carries the report alone: Ray's own lines go to stderr meanwhile.
+    with stdout_to_stderr(as_json):
+        report = b.run_bench(config, progress=b.default_progress)
     if as_json:
         click.echo(json.dumps(report.to_dict()))
     else:

@@ -1,9 +1,10 @@
-"""`dtrain submit` and `dtrain jobs list|status|logs|stop`: training as Ray jobs on a cluster.
+"""`dtrain submit` and `dtrain jobs list|status|logs|stop|fetch`: training as Ray jobs on a
+cluster.
 
 ``submit`` carries every ``train`` option (copies of the ``train`` command's own parameters, so
 the two cannot drift apart) and forwards the ones the user set, on the command line or in a
-``--config`` job file, into the job's entrypoint: ``python -m dtrain.cli.main train ...`` in the
-uploaded project. The job's command line therefore holds the whole configuration, visible in
+``--config`` job file, into the job's entrypoint: ``python -m dtrain.cli.job_entry train ...``
+in the uploaded project. The job's command line therefore holds the whole configuration, visible in
 ``jobs status`` and ``ray job list``.
 
 ``submit``'s parameters are deep copies of ``train``'s (cli/train_cmd.py), so the two cannot
@@ -24,16 +25,20 @@ from typing import Any
 import click
 
 from dtrain.cli.group import DtrainGroup
-from dtrain.cli.options import build_config, json_option
+from dtrain.cli.options import JOB_FILE_NAMES_KEY, FiniteFloat, build_config, json_option
 from dtrain.cli.train_cmd import train
+from dtrain.service.errors import first_line
 from dtrain.service.train import stopping
+from dtrain.service.train.config import MAX_CPUS_PER_WORKER
 
 ADDRESS_HELP = (
     "Ray Jobs API of the cluster (the head's dashboard port), e.g. http://10.0.0.1:8265; a bare "
     "HOST:PORT is the cluster's GCS address. [default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS, "
     "else http://127.0.0.1:8265]"
 )
-ENTRYPOINT = ("python", "-m", "dtrain.cli.main", "train")
+# `python` is the one on the PATH of the node's Ray (submit --python names another); job_entry
+# checks it can run dtrain before running `dtrain train`.
+ENTRYPOINT = ("python", "-m", "dtrain.cli.job_entry", "train")
 # The job joins its cluster through the RAY_ADDRESS the Jobs API sets, so train's --address is
 # not forwarded; the job always prints its summary as JSON (the last line of its logs), so
 # submit's own --json is about submit's output.
@@ -44,6 +49,8 @@ FORWARDED_SOURCES = (click.core.ParameterSource.COMMANDLINE, click.core.Paramete
 RUNS_DIR = "${DTRAIN_RUNS_DIR:-$HOME/dtrain-runs}"
 # Exit statuses of `submit --wait` and `jobs logs --follow`; 2 stays click's usage error.
 EXIT_CODES = {"SUCCEEDED": 0, "FAILED": 1, "STOPPED": 3}
+# `jobs stop` waits at most a day: a finite bound, so inf is a usage error, not a hang.
+MAX_STOP_TIMEOUT_SECONDS = 24 * 3600.0
 
 
 def exit_code(status: str) -> int:
@@ -65,9 +72,14 @@ def option_words(param: click.Option, value: Any) -> list[str]:
 
 
 def build_entrypoint(
-    ctx: click.Context, forwarded: set[str], submission_id: str, extra: tuple[str, ...] = ()
+    ctx: click.Context,
+    forwarded: set[str],
+    submission_id: str,
+    extra: tuple[str, ...] = (),
+    python: str = "python",
 ) -> str:
-    """``python -m dtrain.cli.main train`` with the options the user set, quoted for the shell.
+    """``python -m dtrain.cli.job_entry train`` with the options the user set, quoted for the
+    shell; ``python`` is the interpreter the node runs it with.
 
     ``forwarded`` names the ``train`` options among ``ctx``'s; ``extra`` (the words after
     ``--``) follow verbatim, unchecked here: the job says what it does not accept.
@@ -78,7 +90,10 @@ def build_entrypoint(
             continue
         if ctx.get_parameter_source(param.name) in FORWARDED_SOURCES:
             words += option_words(param, ctx.params[param.name])
-    line = " ".join(shlex.quote(w) for w in [*ENTRYPOINT, *words, *extra, "--json"])
+    # The summary as JSON is always asked for once, whether or not the words after -- ask too.
+    json_flag = [] if "--json" in extra else ["--json"]
+    command = [python, *ENTRYPOINT[1:]]
+    line = " ".join(shlex.quote(w) for w in [*command, *words, *extra, *json_flag])
     if ctx.params.get("run_dir") is None:
         # Left unquoted on purpose: the head's shell expands it (the id is [a-z0-9-] only).
         line += f' --run-dir "{RUNS_DIR}/{submission_id}"'
@@ -91,6 +106,7 @@ def _job_file_callback(
     """``train``'s job-file loader, held to ``train``'s options (not submit's own)."""
 
     def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        ctx.meta[JOB_FILE_NAMES_KEY] = names
         result = load(ctx, param, value)
         extra = sorted(set(ctx.default_map or {}) - names)
         if extra:
@@ -113,6 +129,13 @@ FORWARDED_NAMES = {p.name for p in _forwarded if p.name and p.name != "config"}
 for param in _forwarded:
     if param.name == "config" and param.callback is not None:
         param.callback = _job_file_callback(param.callback, FORWARDED_NAMES)
+    if param.name == "run_dir" and isinstance(param, click.Option):
+        # train's default (runs/<time>-<id> under the working directory) is not a job's.
+        param.help = (
+            "Where the checkpoint, history and summary go, on the node the job's driver runs "
+            "on (the head unless --entrypoint-num-cpus places it elsewhere). "
+            "[default: $DTRAIN_RUNS_DIR/<job id> there, ~/dtrain-runs/<job id> if unset]"
+        )
 
 
 @click.command("submit", epilog="Words after -- go to `dtrain train` in the job unchanged.")
@@ -125,10 +148,18 @@ for param in _forwarded:
 )
 @click.option(
     "--entrypoint-num-cpus",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(min=0, max=MAX_CPUS_PER_WORKER),
     default=None,
     help="CPUs reserved for the job's driver (dtrain train itself) on the cluster. "
     "[default: none reserved]",
+)
+@click.option(
+    "--python",
+    "python",
+    default="python",
+    show_default=True,
+    help="The interpreter that runs the job on the cluster: a path on the node (the venv Ray "
+    "runs from, say) when the first `python` on its Ray's PATH lacks dtrain's dependencies.",
 )
 @json_option("the job id (and with --wait how it ended)")
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
@@ -139,6 +170,7 @@ def submit(
     address: str | None,
     wait: bool,
     entrypoint_num_cpus: float | None,
+    python: str,
     as_json: bool,
     train_args: tuple[str, ...],
     **opts: Any,
@@ -158,7 +190,7 @@ def submit(
         raise
     client = JobsClient(address)
     job_id = new_submission_id()
-    entrypoint = build_entrypoint(ctx, FORWARDED_NAMES, job_id, train_args)
+    entrypoint = build_entrypoint(ctx, FORWARDED_NAMES, job_id, train_args, python)
     with tempfile.TemporaryDirectory(prefix="dtrain-job-") as tmp:
         client.submit(
             entrypoint=entrypoint,
@@ -210,13 +242,9 @@ def _follow(client: Any, job_id: str, quiet: bool = False) -> Any:
         click.echo(f"dtrain: job {job_id} succeeded", err=True)
     else:
         cause = next((line for line in reversed(tail) if line.startswith("Error: ")), "")
-        reason = cause.removeprefix("Error: ") or _one_line(record.message) or record.status
+        reason = cause.removeprefix("Error: ") or first_line(record.message or "") or record.status
         click.echo(f"dtrain: error: job {job_id} {record.status}: {reason}", err=True)
     return record
-
-
-def _one_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text and text.strip() else ""
 
 
 # --- dtrain jobs ------------------------------------------------------------------------------
@@ -235,7 +263,8 @@ def _common(fn: Callable[..., Any]) -> Callable[..., Any]:
 @jobs.command("list")
 @_common
 def list_cmd(address: str | None, as_json: bool) -> None:
-    """Jobs submitted to the cluster, oldest first."""
+    """Jobs submitted to the cluster, oldest first, with each dtrain job's run dir and test
+    accuracy (read from its logs)."""
     from dtrain.service.jobs.client import JobsClient
     from dtrain.service.jobs.format import format_table
 
@@ -250,11 +279,12 @@ def list_cmd(address: str | None, as_json: bool) -> None:
 @click.argument("job_id")
 @_common
 def status_cmd(job_id: str, address: str | None, as_json: bool) -> None:
-    """One job's status, times, entrypoint and message (exit 0 whatever the status)."""
+    """One job's status, times, entrypoint, run dir, test accuracy and message (exit 0
+    whatever the status)."""
     from dtrain.service.jobs.client import JobsClient
     from dtrain.service.jobs.format import format_record
 
-    record = JobsClient(address).get(job_id)
+    record = JobsClient(address).get(job_id, results=True)
     click.echo(json.dumps(record.to_dict()) if as_json else format_record(record))
 
 
@@ -283,7 +313,7 @@ def logs_cmd(job_id: str, address: str | None, follow: bool) -> None:
 @_common
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(min=0, min_open=True, max=MAX_STOP_TIMEOUT_SECONDS),
     default=30.0,
     show_default=True,
     help="Seconds to wait for the job to end before giving up with an error.",
@@ -297,3 +327,44 @@ def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) ->
         click.echo(json.dumps({**record.to_dict(), "outcome": what}))
     else:
         click.echo(f"{job_id}: {what}")
+
+
+@jobs.command("fetch")
+@click.argument("job_id")
+@click.option("--address", default=None, help=ADDRESS_HELP)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory to create for the run (it must not exist). [default: ./JOB_ID]",
+)
+@click.option(
+    "--all",
+    "everything",
+    is_flag=True,
+    help="Bring the step checkpoints (checkpoints/) too, not only the final checkpoint, "
+    "config, history and summary.",
+)
+@click.option(
+    "--python",
+    default="python",
+    show_default=True,
+    help="The interpreter (with Ray) that runs the short helper job on the cluster.",
+)
+def fetch_cmd(
+    job_id: str, address: str | None, out: Path | None, everything: bool, python: str
+) -> None:
+    """Copy a job's run directory (checkpoint, config, history, summary) from the cluster.
+
+    A short helper job packs it on the node the job's driver ran on and prints it into its
+    logs, which this reads back through the Jobs API (Ray's Jobs API cannot download files).
+    """
+    from dtrain.service.jobs.client import JobsClient
+    from dtrain.service.jobs.fetch import fetch_run
+
+    dest = out or Path(job_id)
+    remote, names = fetch_run(
+        JobsClient(address), job_id, dest, python=python, everything=everything
+    )
+    click.echo(str(dest))
+    click.echo(f"dtrain: {len(names)} files of {remote} copied into {dest}", err=True)

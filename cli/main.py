@@ -8,6 +8,7 @@ import click
 
 from dtrain.cli.bench_cmd import bench
 from dtrain.cli.data_cmds import data
+from dtrain.cli.export_cmd import export
 from dtrain.cli.group import DtrainGroup
 from dtrain.cli.jobs_cmds import jobs, submit
 from dtrain.cli.model_cmds import evaluate, predict
@@ -25,7 +26,7 @@ def cli() -> None:
     """Distributed batch training on Ray: NumPy workers, a parameter server, momentum SGD."""
 
 
-for command in (train, evaluate, predict, data, submit, jobs, report, bench):
+for command in (train, evaluate, predict, export, data, submit, jobs, report, bench):
     cli.add_command(command)
 
 

@@ -15,24 +15,29 @@ from dtrain.service.errors import DtrainError
 
 @click.command()
 @click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
-@data_dir_option("Prepared dataset whose test split is evaluated. [default: as for train]")
+@data_dir_option(
+    "Prepared dataset whose test split is evaluated; it must already be prepared. "
+    "[default: the checkpoint's run's own (config.json beside it), else as for train, "
+    "prepared from the embedded MNIST if missing]"
+)
 @json_option("one object")
 def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> None:
     """Test loss and accuracy of a checkpoint."""
-    from dtrain.service.data import dataset
     from dtrain.service.train import checkpoint
+    from dtrain.service.train.runinfo import check_input_size, scoring_data
     from dtrain.workers.model import Network
     from dtrain.workers.shards import ShardError, read_rows, to_float
 
-    ckpt = checkpoint.load(checkpoint_path)
-    data_dir = data_dir or dataset.default_data_dir()
-    manifest = dataset.ensure_prepared(data_dir)
-    n = int(manifest["splits"]["test"]["num_samples"])
+    path = resolve_checkpoint(checkpoint_path)
+    ckpt = checkpoint.load(path)
+    found = scoring_data(path, ckpt.spec, data_dir)
+    n = int(found.manifest["splits"]["test"]["num_samples"])
     try:
-        x, y = read_rows(data_dir, manifest, "test", 0, n)
+        x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
     except ShardError as e:
         raise DtrainError(str(e)) from e
-    check_input_size(ckpt.spec.input_size, x.shape[1])
+    check_input_size(ckpt.spec, x.shape[1], found.data_dir, found.origin)
+    click.echo(f"dtrain: test split of {found.data_dir} ({found.origin})", err=True)
     loss, acc = Network(ckpt.spec).evaluate(ckpt.params, to_float(x), y.astype(np.int64))
     if as_json:
         click.echo(json.dumps({"test_accuracy": acc, "test_loss": loss, "num_samples": n}))
@@ -40,9 +45,18 @@ def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> Non
         click.echo(f"test accuracy {acc:.4f}  loss {loss:.4f}  ({n} samples)")
 
 
-def check_input_size(expected: int, got: int) -> None:
-    if expected != got:
-        raise DtrainError(f"the checkpoint expects {expected} inputs per image, the data has {got}")
+def resolve_checkpoint(path: Path) -> Path:
+    """A run directory stands for its final checkpoint.npz; any other directory is refused."""
+    if path.is_dir():
+        final = path / "checkpoint.npz"
+        if final.is_file():
+            click.echo(f"dtrain: using {final}", err=True)
+            return final
+        raise DtrainError(
+            f"{path} is a directory without a checkpoint.npz: give a checkpoint file "
+            "(a run's checkpoint.npz or checkpoints/step-*.npz)"
+        )
+    return path
 
 
 @click.command()
@@ -54,40 +68,56 @@ def check_input_size(expected: int, got: int) -> None:
     default=None,
     help="Predict the first N images of the prepared test set (shows the true label).",
 )
-@data_dir_option("Prepared dataset for --test-samples. [default: as for train]")
+@data_dir_option(
+    "Prepared dataset for --test-samples; it must already be prepared. "
+    "[default: the checkpoint's run's own (config.json beside it), else as for train, "
+    "prepared from the embedded MNIST if missing]"
+)
+@click.option(
+    "--invert/--no-invert",
+    default=None,
+    help="Invert PNG/JPEG pictures (dark ink on light paper) to the training data's light "
+    "strokes on dark. [default: when the picture's border is light]",
+)
 @json_option("one object per image")
 def predict(
     checkpoint_path: Path,
     inputs: tuple[Path, ...],
     test_samples: int | None,
     data_dir: Path | None,
+    invert: bool | None,
     as_json: bool,
 ) -> None:
-    """Predict digits for images in INPUTS (.npy, .npz or IDX files of 28x28 uint8 images)."""
-    from dtrain.service.data import dataset
+    """Predict classes for INPUTS: PNG or JPEG pictures (made grayscale and resized to the
+    model's input), or .npy, .npz or IDX files of images (N x 28 x 28, N x 784, one 28 x 28
+    image or one flat row of 784 values, uint8 0..255 or floats 0..1).
+    """
     from dtrain.service.data.images import load_images
     from dtrain.service.train import checkpoint
+    from dtrain.service.train.runinfo import check_input_size, scoring_data
     from dtrain.workers.model import Network
     from dtrain.workers.shards import ShardError, read_rows
 
     if not inputs and test_samples is None:
         raise click.UsageError("give image files as INPUTS or --test-samples N")
-    ckpt = checkpoint.load(checkpoint_path)
+    ckpt_path = resolve_checkpoint(checkpoint_path)
+    ckpt = checkpoint.load(ckpt_path)
     batches: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     for path in inputs:
-        batches.append((str(path), load_images(path), None))
+        batches.append((str(path), load_images(path, ckpt.spec.input_size, invert), None))
     if test_samples is not None:
-        data_dir = data_dir or dataset.default_data_dir()
-        manifest = dataset.ensure_prepared(data_dir)
-        n = min(test_samples, int(manifest["splits"]["test"]["num_samples"]))
+        found = scoring_data(ckpt_path, ckpt.spec, data_dir)
+        n = min(test_samples, int(found.manifest["splits"]["test"]["num_samples"]))
         try:
-            x, y = read_rows(data_dir, manifest, "test", 0, n)
+            x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
         except ShardError as e:
             raise DtrainError(str(e)) from e
+        check_input_size(ckpt.spec, x.shape[1], found.data_dir, found.origin)
+        click.echo(f"dtrain: test split of {found.data_dir} ({found.origin})", err=True)
         batches.append(("test", x, y))
     net = Network(ckpt.spec)
     for source, images, labels in batches:
-        check_input_size(ckpt.spec.input_size, images.shape[1])
+        check_input_size(ckpt.spec, images.shape[1])
         probs = net.predict_proba(ckpt.params, images.astype(np.float32) / np.float32(255))
         for i, row in enumerate(probs):
             digit = int(row.argmax())

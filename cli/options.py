@@ -28,6 +28,8 @@ Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
 # Keys a job file may hold: exactly the ``train`` options (dashes or underscores).
 JOB_FILE_TABLE = "train"
+# ctx.meta key: the option names a job file may set, where not all of the command's own.
+JOB_FILE_NAMES_KEY = "dtrain.job_file_names"
 
 
 def json_option(what: str) -> Decorator:
@@ -102,10 +104,11 @@ class FiniteFloat(click.FloatRange):
     name = "float"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        rv = super().convert(value, param, ctx)
+        # Finiteness first: with a max bound, inf would otherwise read as merely out of range.
+        rv = click.FLOAT.convert(value, param, ctx)
         if not math.isfinite(rv):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
-        return rv
+        return super().convert(rv, param, ctx)
 
 
 def parse_int_list(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
@@ -183,15 +186,78 @@ def load_job_file(ctx: click.Context, param: click.Parameter, value: str | None)
     table = data.get(JOB_FILE_TABLE, data)
     if not isinstance(table, dict):
         raise click.BadParameter(f"{path}: [{JOB_FILE_TABLE}] must be a table", ctx, param)
-    known = {p.name for p in ctx.command.params if p.name and p.name != "config"}
+    if JOB_FILE_TABLE in data and len(data) > 1:
+        # Keys beside [train] would be ignored: say so rather than run without them.
+        beside = ", ".join(repr(k) for k in data if k != JOB_FILE_TABLE)
+        raise click.BadParameter(
+            f"{path}: keys outside the [{JOB_FILE_TABLE}] table: {beside}; move them into it",
+            ctx,
+            param,
+        )
+    params = {p.name: p for p in ctx.command.params if p.name and p.name != "config"}
+    # `submit` takes a `train` job file: only `train`'s options, not submit's own.
+    allowed = ctx.meta.get(JOB_FILE_NAMES_KEY)
+    if allowed is not None:
+        params = {name: p for name, p in params.items() if name in allowed}
     defaults: dict[str, Any] = {}
     for key, val in table.items():
         name = key.replace("-", "_")
-        if name not in known:
+        if name not in params:
             raise click.BadParameter(f"{path}: unknown option {key!r}", ctx, param)
+        check_job_value(path, key, val, params[name], ctx, param)
         defaults[name] = ",".join(map(str, val)) if isinstance(val, list) else val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def job_value_kind(option: click.Parameter) -> str:
+    """The TOML type a job file must use for ``option``: no coercion, so 1.7 is not 1."""
+    kind = option.type
+    if (isinstance(option, click.Option) and option.is_flag) or isinstance(
+        kind, click.types.BoolParamType
+    ):
+        return "boolean"
+    if isinstance(kind, click.types.IntParamType):
+        return "integer"
+    if isinstance(kind, click.types.FloatParamType):
+        return "number"
+    if option.callback is parse_int_list:
+        return "list of integers"
+    return "string"
+
+
+def check_job_value(
+    path: Path,
+    key: str,
+    value: Any,
+    option: click.Parameter,
+    ctx: click.Context,
+    param: click.Parameter,
+) -> None:
+    """Refuse a job-file value of the wrong TOML type for ``option``, naming file and key."""
+    kind = job_value_kind(option)
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    ok = {
+        "boolean": isinstance(value, bool),
+        "integer": is_int,
+        "number": is_int or isinstance(value, float),
+        "list of integers": is_int
+        or (
+            isinstance(value, list)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ),
+        # A string of the option's own syntax is fine ("five" then fails the option's check).
+        "string": isinstance(value, str),
+    }[kind]
+    if kind in ("integer", "number") and isinstance(value, str):
+        ok = True  # the option's own parser names the bad text, as on the command line
+    if not ok:
+        article = "an" if kind == "integer" else "a"
+        raise click.BadParameter(
+            f"{path}: {key!r} must be {article} {kind}, got {type(value).__name__} {value!r}",
+            ctx,
+            param,
+        )
 
 
 config_file_option = click.option(
@@ -237,7 +303,15 @@ def build_config(
     try:
         return TrainConfig.from_dict(d)
     except (TypeError, ValueError) as e:
-        raise click.UsageError(str(e)) from e
+        raise click.UsageError(name_the_option(str(e))) from e
+
+
+def name_the_option(message: str) -> str:
+    """Prefix a TrainConfig message ("num_cpus_per_worker must be ...") with its option."""
+    for option, target in TRAIN_FIELDS.items():
+        if message.startswith(f"{target.rpartition('.')[2]} "):
+            return f"--{option.replace('_', '-')}: {message}"
+    return message
 
 
 def metrics_config(opts: dict[str, Any]) -> MetricsConfig:

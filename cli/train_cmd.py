@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from dtrain.cli.jsonout import stdout_to_stderr
 from dtrain.cli.options import (
     METRICS_OPTIONS,
     TRAIN_OPTIONS,
@@ -77,13 +78,16 @@ def train(
             )
         observers.append(exporter)
     try:
-        summary = Trainer(
-            config,
-            observers,
-            address=opts["address"],
-            resume=resume_dir is not None,
-            overwrite=overwrite,
-        ).run()
+        # With --json, stdout carries the summary alone: Ray's (raylet) lines after a worker
+        # kill would otherwise come first and the output would not parse.
+        with stdout_to_stderr(as_json):
+            summary = Trainer(
+                config,
+                observers,
+                address=opts["address"],
+                resume=resume_dir is not None,
+                overwrite=overwrite,
+            ).run()
     except KeyboardInterrupt as e:
         saved = list((config.run_dir / "checkpoints").glob("step-*.npz"))
         hint = f"; resume with: dtrain train --resume {shlex.quote(str(config.run_dir))}"
@@ -119,10 +123,18 @@ def check_run_dir_options(ctx: click.Context, resume_dir: Path | None, overwrite
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
+    from dtrain.service.train.config import TrainConfig
+
     path = run_dir / "config.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DtrainError(f"{run_dir} is not a dtrain run directory (no config.json)") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DtrainError(f"{path} is unreadable: {e}") from e
+        raise DtrainError(f"{path} is unreadable: {' '.join(str(e).split())}") from None
+    # Checked alone first, so a damaged file is named as the culprit, not the options.
+    try:
+        TrainConfig.from_dict(saved)
+    except (TypeError, ValueError) as e:
+        raise DtrainError(f"{path}: {' '.join(str(e).split())}") from None
+    return dict(saved)

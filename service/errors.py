@@ -9,7 +9,10 @@ class DtrainError(Exception):
     """
 
 
-def first_line(e: BaseException) -> str:
-    """An exception's message cut to its first line: Ray and gRPC errors carry whole tracebacks."""
+def first_line(e: BaseException | str) -> str:
+    """A message cut to its first line: Ray and gRPC errors (and job messages) carry whole
+    tracebacks. An exception without a message is named by its type; empty text stays empty."""
     text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
+    if text:
+        return text.splitlines()[0].strip()
+    return "" if isinstance(e, str) else type(e).__name__

@@ -30,6 +30,17 @@ class ModelSpec:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
+        # Strict types: a config.json or checkpoint header of the wrong JSON type ("512" for
+        # [512], 7.5, true) must be refused by name, not iterated or truncated into a model.
+        for name in ("input_size", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
+        sizes = self.hidden_sizes
+        if not isinstance(sizes, (list, tuple)) or any(
+            not isinstance(h, int) or isinstance(h, bool) for h in sizes
+        ):
+            raise TypeError(f"hidden_sizes must be a list of integers, got {sizes!r}")
         object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
         if self.input_size < 1:
             raise ValueError(f"input_size must be >= 1, got {self.input_size}")

@@ -26,7 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from dtrain.service.data import dataset
+from dtrain.service.data.manifest import MANIFEST_NAME, SPLITS, check_manifest, verify
+from dtrain.service.data.prepare import ensure_prepared
 from dtrain.service.errors import DtrainError
 from dtrain.workers.shards import (
     FileSystemShards,
@@ -55,10 +56,10 @@ def load_manifest(data_dir: Path | str) -> dict[str, Any]:
     """
     if is_uri(data_dir):
         return _load_uri_dataset(str(data_dir))
-    manifest = dataset.ensure_prepared(Path(data_dir))
+    manifest = ensure_prepared(Path(data_dir))
     # Checksums and schemas on the driver, before any actor exists: a damaged dataset is one
     # clear error here, not workers dying in their constructors.
-    dataset.verify(Path(data_dir), manifest)
+    verify(Path(data_dir), manifest)
     try:
         check_split(Path(data_dir), manifest, "train")
     except ShardError as e:
@@ -68,18 +69,18 @@ def load_manifest(data_dir: Path | str) -> dict[str, Any]:
 
 def _load_uri_dataset(uri: str) -> dict[str, Any]:
     try:
-        raw = _read_uri_file(uri, dataset.MANIFEST_NAME)
+        raw = _read_uri_file(uri, MANIFEST_NAME)
     except ShardError as e:
         raise DtrainError(f"{uri}: not a prepared dataset ({e})") from e
     try:
         manifest: dict[str, Any] = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DtrainError(f"{uri}/{dataset.MANIFEST_NAME}: unreadable manifest ({e})") from e
+        raise DtrainError(f"{uri}/{MANIFEST_NAME}: unreadable manifest ({e})") from e
     # The same checks as a local manifest; the "path" only names it in messages.
-    dataset._check_manifest(manifest, Path(f"{uri}/{dataset.MANIFEST_NAME}"))
+    check_manifest(manifest, Path(f"{uri}/{MANIFEST_NAME}"))
     # Every shard once, end to end: size, sha256 and (training shards) the Arrow contract. The
     # workers then read theirs again; for MNIST that is 55 MB, a fair price for one clear error.
-    for split in dataset.SPLITS:
+    for split in SPLITS:
         for entry, shard in zip(
             shard_entries(manifest, split), manifest["splits"][split]["shards"], strict=True
         ):

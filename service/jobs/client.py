@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import secrets
@@ -18,13 +19,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dtrain.service import __version__
-from dtrain.service.errors import DtrainError
+from dtrain.service.errors import DtrainError, first_line
 from dtrain.service.jobs.endpoint import (
+    check_gcs_port,
     find_token,
+    native_stderr_hidden,
     resolve_address,
+    token_mode,
     without_address_variables,
 )
 from dtrain.service.jobs.record import TERMINAL, JobRecord
+from dtrain.service.jobs.results import run_facts
 from dtrain.service.net import probe
 
 # How long a stop may take to show: Ray signals the driver, waits 3 s, then kills it.
@@ -32,11 +37,9 @@ STOP_TIMEOUT_SECONDS = 30.0
 # A job still PENDING this long after its stop request is one Ray will not stop by itself.
 PENDING_STOP_GRACE_SECONDS = 3.0
 METADATA_KEY = "dtrain_version"
-
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
+# Metadata marking dtrain's own helper jobs (stopping a pending job, fetching a run), which
+# `jobs list` leaves out.
+HELPER_KEYS = frozenset({"stops", "fetches"})
 
 
 def _quiet_ray_loggers() -> None:
@@ -90,34 +93,51 @@ class JobsClient:
                     "HOST:PORT"
                 )
             probe(host, int(port_text), f"the Ray cluster at {raw} (address from {origin})")
+            # Ray's lookup retries a port that is not the GCS for 40 s, then raises a raw
+            # RpcError: what the port speaks says at once whether it can be the GCS.
+            check_gcs_port(host, int(port_text), f"{raw} (from {origin})")
         # A cluster address: ask its GCS where the dashboard listens, as `ray job` does.
         from ray.dashboard.utils import get_address_for_submission_client
 
         finding = f"finding the Jobs API of the Ray cluster at {raw}"
-        with self._errors(finding), without_address_variables():
+        with (
+            self._errors(finding, where=raw),
+            without_address_variables(),
+            token_mode(self.token),
+            native_stderr_hidden(),
+        ):
             return str(get_address_for_submission_client(raw)).rstrip("/")
 
     @contextlib.contextmanager
-    def _errors(self, what: str, job_id: str | None = None) -> Iterator[None]:
+    def _errors(
+        self, what: str, job_id: str | None = None, where: str | None = None
+    ) -> Iterator[None]:
         """Ray's exceptions, often several lines long, as one line that says what to do."""
         import requests
-        from ray.exceptions import AuthenticationError
+        from ray.exceptions import AuthenticationError, RpcError
 
-        where = getattr(self, "url", "the cluster")
+        where = where or getattr(self, "url", "the cluster")
         try:
             yield
         except DtrainError:
             raise
         except AuthenticationError as e:
-            if str(e).startswith("Authentication failed"):
+            if self.token is None:
+                found = (
+                    "no token was found"
+                    if self.token_source == "no token"
+                    else (f"none is sent ({self.token_source})")
+                )
                 raise DtrainError(
-                    f"the Ray cluster at {where} rejected the token from {self.token_source}: "
-                    "it is not this cluster's token"
+                    f"the Ray cluster at {where} requires a token and {found}: "
+                    "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
                 ) from e
             raise DtrainError(
-                f"the Ray cluster at {where} requires a token and {self.token_source} was found: "
-                "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+                f"the Ray cluster at {where} rejected the token from {self.token_source}: "
+                "it is not this cluster's token"
             ) from e
+        except RpcError as e:
+            raise DtrainError(f"{what}: {where} does not answer as Ray: {first_line(e)}") from e
         except (ConnectionError, requests.exceptions.RequestException) as e:
             # The port answers but does not speak HTTP: some other Ray port, say the GCS.
             raise DtrainError(
@@ -148,13 +168,24 @@ class JobsClient:
             # helpers that stop pending jobs are bookkeeping.
             if getattr(j.type, "value", j.type) == "SUBMISSION"
             and j.submission_id
-            and "stops" not in (j.metadata or {})
+            and not HELPER_KEYS & set(j.metadata or {})
         ]
+        records = [self._with_results(r) for r in records]
         return sorted(records, key=lambda r: (r.start_time or 0.0, r.submission_id))
 
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str, results: bool = False) -> JobRecord:
         with self._errors(f"reading job {job_id}", job_id):
-            return JobRecord.from_details(self._client.get_job_info(job_id))
+            record = JobRecord.from_details(self._client.get_job_info(job_id))
+        return self._with_results(record) if results else record
+
+    def _with_results(self, record: JobRecord) -> JobRecord:
+        """A dtrain job's run dir and test accuracy, read from its logs (one request a job)."""
+        if METADATA_KEY not in record.metadata or record.status == "PENDING":
+            return record
+        facts = run_facts(self.logs(record.submission_id))
+        return dataclasses.replace(
+            record, run_dir=facts.run_dir, test_accuracy=facts.test_accuracy, epoch=facts.epoch
+        )
 
     def logs(self, job_id: str) -> str:
         with self._errors(f"reading the logs of job {job_id}", job_id):
@@ -232,6 +263,37 @@ class JobsClient:
                 f"job {job_id} is still {record.status} {timeout:g}s after the stop request"
             )
         return record, "stopped"
+
+    def run_helper(
+        self, entrypoint: str, for_job: str, purpose: str, timeout: float
+    ) -> tuple[str, JobRecord]:
+        """Run one of dtrain's helper jobs for ``for_job`` to its end: (its id, its record).
+
+        ``purpose`` is its metadata key (one of ``HELPER_KEYS``), so ``list`` leaves it out. A
+        helper still running after ``timeout`` seconds is stopped and is an error.
+        """
+        helper = f"{for_job}-{purpose}-{secrets.token_hex(2)}"
+        with self._errors(f"starting a helper job for job {for_job}", for_job):
+            self._client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=helper,
+                metadata={METADATA_KEY: __version__, purpose: for_job},
+            )
+        record = self.wait(helper, timeout=timeout)
+        if record.status not in TERMINAL:
+            with contextlib.suppress(DtrainError):
+                self.stop(helper, timeout=STOP_TIMEOUT_SECONDS)
+            raise DtrainError(
+                f"the helper job {helper} for job {for_job} was still {record.status} after "
+                f"{timeout:g}s"
+            )
+        return helper, record
+
+    def driver_node(self, job_id: str) -> str | None:
+        """The id of the node the job's driver runs (or ran) on, if Ray says."""
+        with self._errors(f"reading job {job_id}", job_id):
+            node = self._client.get_job_info(job_id).driver_node_id
+        return str(node) if node else None
 
     def _remove_supervisor(self, job_id: str, timeout: float) -> None:
         from ray.dashboard.modules.job.common import (

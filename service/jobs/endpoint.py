@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +71,72 @@ def without_address_variables() -> Iterator[None]:
         yield
     finally:
         os.environ.update(saved)
+
+
+# What a port answers to a plain HTTP request, within this many seconds.
+SNIFF_TIMEOUT_SECONDS = 3.0
+
+
+def check_gcs_port(host: str, port: int, where: str) -> None:
+    """Refuse, at once, a bare ``HOST:PORT`` that cannot be a Ray GCS: an HTTP port (the
+    dashboard, given without ``http://``) or a port that does not speak gRPC at all.
+
+    The GCS is a gRPC server: to a plain HTTP/1.0 request it answers with an HTTP/2 SETTINGS
+    frame (type 4 in the fourth byte), where an HTTP server answers ``HTTP/1.x ...``.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=SNIFF_TIMEOUT_SECONDS) as conn:
+            conn.settimeout(SNIFF_TIMEOUT_SECONDS)
+            conn.sendall(b"GET /api/version HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
+            head = conn.recv(16)
+    except OSError:
+        head = b""
+    if head.startswith(b"HTTP/"):
+        raise DtrainError(
+            f"{where} is an HTTP port, not a cluster (GCS) address: for the Jobs API write "
+            f"http://{host}:{port}"
+        )
+    if len(head) < 4 or head[3] != 0x04:
+        raise DtrainError(
+            f"{where} is not a Ray port: give the Jobs API as http://HEAD:8265 or the cluster's "
+            "GCS address as HEAD:6379"
+        )
+
+
+@contextlib.contextmanager
+def token_mode(token: str | None) -> Iterator[None]:
+    """Ray's own clients (the GCS lookup behind a bare HOST:PORT) send the token only with
+    ``RAY_AUTH_MODE=token``; the README asks users to export only ``RAY_AUTH_TOKEN``, so the
+    mode is set for the lookup when a token was found and the user set no mode.
+    """
+    if token is None or "RAY_AUTH_MODE" in os.environ:
+        yield
+        return
+    from ray._raylet import Config  # type: ignore[attr-defined]  # compiled, no stub
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    # Ray caches its config per process; re-read it, as Ray's own _enable_token_auth does.
+    Config.initialize("")
+    try:
+        yield
+    finally:
+        del os.environ["RAY_AUTH_MODE"]
+        Config.initialize("")
+
+
+@contextlib.contextmanager
+def native_stderr_hidden() -> Iterator[None]:
+    """Ray's C++ GCS client logs its failed attempts straight to file descriptor 2, around the
+    one-line error dtrain prints; those lines go nowhere while the lookup runs.
+    """
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -22,6 +22,10 @@ class JobRecord:
     driver_exit_code: int | None = None
     error_type: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    # A dtrain job's run, from its logs (service/jobs/results.py); None for other jobs.
+    run_dir: str | None = None
+    test_accuracy: float | None = None
+    epoch: str | None = None
 
     @property
     def duration_seconds(self) -> float | None:

@@ -18,7 +18,7 @@ def stage_working_dir(dest: Path) -> Path:
     """
     import importlib
 
-    from dtrain.service.data.dataset import EMBEDDED_DIR
+    from dtrain.service.data.sources import EMBEDDED_DIR
 
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for name in PACKAGES:
@@ -26,6 +26,6 @@ def stage_working_dir(dest: Path) -> Path:
         # dtrain.service -> dest/dtrain/service: the entrypoint imports them from the job's cwd.
         shutil.copytree(src, dest.joinpath(*name.split(".")), ignore=ignore)
     if EMBEDDED_DIR.is_dir():
-        # Where EMBEDDED_DIR resolves from the staged dtrain/service/data/dataset.py.
+        # Where EMBEDDED_DIR resolves from the staged dtrain/service/data/sources.py.
         shutil.copytree(EMBEDDED_DIR, dest / "dtrain" / "data" / "mnist", ignore=ignore)
     return dest

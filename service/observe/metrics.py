@@ -33,6 +33,8 @@ from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepSt
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 PHASES = ("compute", "aggregate", "update", "wait")
 DEFAULT_PORT = 9108  # in the range Prometheus's wiki lists for exporters, not claimed there
+# The endpoint outlives the job by this much at most: long enough for any scrape interval.
+MAX_METRICS_GRACE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,6 +62,7 @@ class MetricsConfig:
             "help": "Seconds the metrics endpoint stays up after the job ends, so the last "
             "values are scraped (not after Ctrl-C).",
             "min": 0,
+            "max": MAX_METRICS_GRACE_SECONDS,
         },
     )
     pushgateway: str | None = field(

@@ -89,10 +89,13 @@ class ConsoleProgress(Observer):
 
     def on_start(self, info: JobInfo) -> None:
         self._info = info
+        steps = f"{info.epochs} epochs x {info.steps_per_epoch} steps"
+        if info.total_steps is not None and info.total_steps < info.epochs * info.steps_per_epoch:
+            steps = f"{info.total_steps} steps (--max-steps) of {steps}"
         self._print(
-            f"dtrain: {info.num_workers} workers, batch {info.batch_size}, {info.epochs} epochs "
-            f"x {info.steps_per_epoch} steps, {info.optimizer} lr {info.learning_rate:g}, "
-            f"{info.num_params:,} parameters; run dir {info.run_dir}"
+            f"dtrain: {info.num_workers} workers, batch {info.batch_size}, {steps}, "
+            f"{info.optimizer} lr {info.learning_rate:g}, {info.num_params:,} parameters; "
+            f"run dir {info.run_dir}"
         )
 
     def on_step(self, stats: StepStats) -> None:

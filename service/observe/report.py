@@ -31,20 +31,93 @@ def read_history(run_dir: Path) -> tuple[list[dict[str, Any]], list[dict[str, An
         raise DtrainError(f"{run_dir} has no history.jsonl: is it a dtrain run directory?")
     steps: dict[int, dict[str, Any]] = {}
     epochs: dict[int, dict[str, Any]] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DtrainError(f"{path} is unreadable: {' '.join(str(e).split())}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
             raise DtrainError(f"{path}:{number} is not JSON: {e.msg}") from e
-        if record.get("kind") == "step":
-            steps[int(record["step"])] = record
-        elif record.get("kind") == "epoch":
-            epochs[int(record["epoch"])] = record
+        if not isinstance(record, dict):
+            raise DtrainError(f"{path}:{number} is a JSON {type(record).__name__}, not an object")
+        kind = record.get("kind")
+        if kind in RECORD_FIELDS:
+            _check_fields(record, RECORD_FIELDS[kind], f"{path}:{number}")
+        if kind == "step":
+            steps[record["step"]] = record
+        elif kind == "epoch":
+            epochs[record["epoch"]] = record
     if not steps:
         raise DtrainError(f"{path} records no training step yet")
     return [steps[k] for k in sorted(steps)], [epochs[k] for k in sorted(epochs)]
+
+
+# What render() reads from each record, and the JSON type each must have: "int" (a count),
+# "number", "number?" (number or null) or "numbers" (a list of numbers).
+RECORD_FIELDS: dict[str, dict[str, str]] = {
+    "step": {
+        "step": "int",
+        "loss": "number",
+        "accuracy": "number",
+        "worker_compute_seconds": "numbers",
+        "aggregate_seconds": "number",
+        "update_seconds": "number",
+        "step_seconds": "number",
+    },
+    "epoch": {
+        "epoch": "int",
+        "steps": "int",
+        "train_loss": "number",
+        "train_accuracy": "number",
+        "test_loss": "number?",
+        "test_accuracy": "number?",
+    },
+    "summary": {
+        "epochs": "int",
+        "steps": "int",
+        "num_workers": "int",
+        "batch_size": "int",
+        "test_accuracy": "number",
+        "samples_per_second": "number",
+    },
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_fields(record: dict[str, Any], fields: dict[str, str], where: str) -> None:
+    for name, kind in fields.items():
+        if name not in record and kind == "number?":
+            continue
+        if name not in record:
+            raise DtrainError(f"{where}: {record.get('kind', 'record')} record lacks {name!r}")
+        value = record[name]
+        ok = {
+            "int": isinstance(value, int) and not isinstance(value, bool),
+            "number": _is_number(value),
+            "number?": value is None or _is_number(value),
+            "numbers": isinstance(value, list) and all(_is_number(v) for v in value),
+        }[kind]
+        if not ok:
+            expected = {"int": "an integer", "numbers": "a list of numbers"}.get(kind, "a number")
+            raise DtrainError(f"{where}: {name!r} must be {expected}, got {value!r}")
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DtrainError(f"{path} is unreadable: {' '.join(str(e).split())}") from None
+    if not isinstance(summary, dict):
+        raise DtrainError(f"{path} is a JSON {type(summary).__name__}, not an object")
+    _check_fields(summary, RECORD_FIELDS["summary"], str(path))
+    return summary
 
 
 def smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -75,7 +148,7 @@ def render(run_dir: Path, out: Path) -> Path:
 
     steps, epochs = read_history(run_dir)
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    summary = read_summary(summary_path) if summary_path.is_file() else None
     x = np.array([s["step"] for s in steps])
     window = max(1, len(steps) // 50)
     fig, (ax_loss, ax_acc, ax_time) = plt.subplots(1, 3, figsize=(16, 4.8), dpi=110)

@@ -27,6 +27,8 @@ class JobInfo:
     num_params: int
     num_train_samples: int
     num_test_samples: int
+    # Updates the run will make: fewer than epochs x steps_per_epoch under --max-steps.
+    total_steps: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

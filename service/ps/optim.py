@@ -55,6 +55,12 @@ class OptimizerConfig:
     )
 
     def __post_init__(self) -> None:
+        for key in ("learning_rate", "momentum"):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise TypeError(f"{key} must be a number, got {value!r}")
+        if not np.isfinite(self.momentum):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.name not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
         if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:

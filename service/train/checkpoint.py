@@ -10,15 +10,16 @@ import io
 import json
 import os
 import tempfile
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dtrain.service.data import npzsafe
 from dtrain.service.errors import DtrainError
 from dtrain.workers.model import ModelSpec
+from dtrain.workers.shards import one_line
 
 FORMAT = "dtrain-checkpoint"
 VERSION = 1
@@ -80,41 +81,55 @@ def save(path: Path, ckpt: Checkpoint) -> None:
         raise DtrainError(f"cannot write checkpoint {path}: {e.strerror or e}") from e
 
 
+# A checkpoint's arrays: weights, velocity and up to MAX_STALENESS copies of the weights.
+MAX_ARRAY_BYTES = 4 << 30
+
+
 def load(path: Path) -> Checkpoint:
     path = Path(path)
+    if path.is_dir():
+        raise DtrainError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
         raise DtrainError(f"checkpoint {path} does not exist")
-    if not zipfile.is_zipfile(path):
-        raise DtrainError(f"checkpoint {path} is not a readable .npz file (truncated or corrupt)")
     try:
-        # allow_pickle=False: an object array (a pickle payload) raises instead of running.
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except ValueError as e:
-        raise DtrainError(f"checkpoint {path} holds pickled objects, refused: {e}") from e
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DtrainError(f"checkpoint {path} is not a readable .npz file: {e}") from e
+        # Checked member by member, never unpickled: see service/data/npzsafe.py.
+        arrays = npzsafe.read_all(path, MAX_ARRAY_BYTES)
+    except npzsafe.NpzProblem as e:
+        if e.pickled:
+            raise DtrainError(f"checkpoint {path} holds pickled objects, refused ({e})") from None
+        raise DtrainError(f"checkpoint {path} is not a readable .npz file: {e}") from None
     if "header" not in arrays or "params" not in arrays:
         raise DtrainError(f"checkpoint {path} lacks its header or params array")
+    if arrays["header"].dtype != np.uint8 or arrays["header"].ndim != 1:
+        raise DtrainError(f"checkpoint {path} has a corrupt header: not a byte string")
     try:
         header = json.loads(arrays["header"].tobytes().decode())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DtrainError(f"checkpoint {path} has a corrupt header: {e}") from e
+        raise DtrainError(f"checkpoint {path} has a corrupt header: {one_line(e)}") from None
+    if not isinstance(header, dict):
+        raise DtrainError(
+            f"checkpoint {path} has a corrupt header: a JSON {type(header).__name__}, not an object"
+        )
     if header.get("format") != FORMAT:
         raise DtrainError(f"checkpoint {path} is not a dtrain checkpoint")
     if header.get("version") != VERSION:
         raise DtrainError(
-            f"checkpoint {path} has format version {header.get('version')}, this dtrain reads "
+            f"checkpoint {path} has format version {header.get('version')!r}, this dtrain reads "
             f"version {VERSION}"
         )
     try:
         spec = ModelSpec(
-            input_size=int(header["input_size"]),
-            hidden_sizes=tuple(int(h) for h in header["hidden_sizes"]),
-            num_classes=int(header["num_classes"]),
+            input_size=header["input_size"],
+            hidden_sizes=header["hidden_sizes"],
+            num_classes=header["num_classes"],
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise DtrainError(f"checkpoint {path} has a bad model description: {e}") from e
+    except KeyError as e:
+        raise DtrainError(f"checkpoint {path}: header lacks {e}") from None
+    except (TypeError, ValueError) as e:
+        raise DtrainError(f"checkpoint {path}: header field {one_line(e)}") from None
+    meta = header.get("meta", {})
+    if not isinstance(meta, dict):
+        raise DtrainError(f"checkpoint {path}: header field meta must be an object, got {meta!r}")
     params = arrays["params"]
     velocity = arrays.get("velocity")
     for name, arr in (("params", params), ("velocity", velocity)):
@@ -128,8 +143,9 @@ def load(path: Path) -> Checkpoint:
         history.dtype != np.float32 or history.ndim != 2 or history.shape[1] != spec.num_params
     ):
         raise DtrainError(f"checkpoint {path}: history is {history.dtype}{list(history.shape)}")
-    if not np.isfinite(params).all():
-        raise DtrainError(f"checkpoint {path} holds non-finite weights")
-    return Checkpoint(
-        spec=spec, params=params, velocity=velocity, meta=header.get("meta", {}), history=history
-    )
+    # A non-finite velocity or stale copy would resume into NaN weights a step later and be
+    # blamed on the learning rate: refuse it here, by file.
+    for name, arr in (("weights", params), ("velocity", velocity), ("history", history)):
+        if arr is not None and not np.isfinite(arr).all():
+            raise DtrainError(f"checkpoint {path} holds non-finite {name}")
+    return Checkpoint(spec=spec, params=params, velocity=velocity, meta=meta, history=history)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,18 @@ from dtrain.workers.shards import is_uri
 
 EXCHANGES: tuple[str, ...] = ("auto", "shared-memory", "object-store")
 DEVICES: tuple[str, ...] = ("cpu", "gpu", "auto")
+
+# Bounds that keep a run inside what one machine's memory, file descriptors and NumPy accept;
+# each is an option's max (cli/options.py), and each message names the field, so a user sees
+# the limit instead of an OS error mid-run.
+MAX_SEED = 2**32 - 1  # NumPy's seeding range
+# Step t may use weights up to k updates old; every one of the k + 1 versions is a buffer (a
+# shared-memory file per version), so k is bounded well below the open-file limit.
+MAX_STALENESS = 32
+MAX_CPUS_PER_WORKER = 1024.0
+MAX_STEP_TIMEOUT_SECONDS = 7 * 24 * 3600.0
+# float32 weights, velocity and k stale copies must fit in memory: 2**28 params are 1 GiB each.
+MAX_PARAMS = 2**28
 
 
 def option(help: str, *, name: str | None = None, **limits: Any) -> dict[str, Any]:
@@ -56,11 +69,18 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     seed: int = field(
         default=0,
-        metadata=option("Seed for the initial weights and every epoch's shuffle.", min=0),
+        metadata=option(
+            "Seed for the initial weights and every epoch's shuffle.", min=0, max=MAX_SEED
+        ),
     )
     num_cpus_per_worker: float = field(
         default=1.0,
-        metadata=option("Ray CPUs reserved by each worker actor.", name="cpus-per-worker", min=0),
+        metadata=option(
+            "Ray CPUs reserved by each worker actor.",
+            name="cpus-per-worker",
+            min=0,
+            max=MAX_CPUS_PER_WORKER,
+        ),
     )
     # Stop early after this many updates (smoke runs, tests).
     max_steps: int | None = field(
@@ -79,6 +99,7 @@ class TrainConfig:
             name="step-timeout",
             min=0,
             min_open=True,
+            max=MAX_STEP_TIMEOUT_SECONDS,
         ),
     )
     # Steps the driver submits ahead of the one it waits for: hides the driver's own latency.
@@ -109,6 +130,7 @@ class TrainConfig:
             "Asynchronous steps: gradients may use weights up to this many updates old, so "
             "workers compute while the server updates (0: synchronous).",
             min=0,
+            max=MAX_STALENESS,
         ),
     )
     # "cpu", "gpu" (CuPy workers, one GPU each) or "auto" (GPU workers where the cluster has GPUs).
@@ -150,43 +172,58 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        # Strict types: job files and config.json reach here too, and `epochs = true` or
+        # `run-dir = [1, 2]` is a mistake to name, not a value to coerce.
+        for name in ("data_dir", "run_dir"):
+            if not isinstance(getattr(self, name), str | Path):
+                raise TypeError(f"{name} must be a path string, got {getattr(self, name)!r}")
         # Path() would fold the "//" of a URI, so URIs stay strings.
         if not is_uri(self.data_dir):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "run_dir", Path(self.run_dir))
-        positive = {
-            "epochs": self.epochs,
-            "batch_size": self.batch_size,
-            "num_workers": self.num_workers,
-            "pipeline_depth": self.pipeline_depth,
-        }
-        for name, value in positive.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("checkpoint_every", "max_restarts", "staleness"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        for name, kind in (("model", ModelSpec), ("optimizer", OptimizerConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(f"{name} must be a {kind.__name__}")
+        for name in ("epochs", "batch_size", "num_workers", "pipeline_depth"):
+            _check_int(name, getattr(self, name), 1)
+        for name in ("checkpoint_every", "max_restarts"):
+            _check_int(name, getattr(self, name), 0)
+        _check_int("staleness", self.staleness, 0, MAX_STALENESS)
+        _check_int("seed", self.seed, 0, MAX_SEED)
+        if self.max_steps is not None:
+            _check_int("max_steps", self.max_steps, 1)
+        if self.num_gpu_workers is not None:
+            _check_int("num_gpu_workers", self.num_gpu_workers, 0)
+        if not isinstance(self.eval_every_epoch, bool):
+            raise TypeError(
+                f"eval_every_epoch must be true or false, got {self.eval_every_epoch!r}"
+            )
         for name, choices in (
             ("exchange", EXCHANGES),
             ("data_transport", TRANSPORTS),
             ("device", DEVICES),
         ):
-            if getattr(self, name) not in choices:
-                raise ValueError(
-                    f"{name} must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
-                )
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, got {value!r}")
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         if self.num_gpu_workers is not None and not 0 <= self.num_gpu_workers <= self.num_workers:
             raise ValueError(
                 f"num_gpu_workers must be between 0 and num_workers ({self.num_workers}), "
                 f"got {self.num_gpu_workers}"
             )
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if self.num_cpus_per_worker < 0:
-            raise ValueError(f"num_cpus_per_worker must be >= 0, got {self.num_cpus_per_worker}")
-        if not self.step_timeout_seconds > 0:
-            raise ValueError(f"step_timeout_seconds must be > 0, got {self.step_timeout_seconds}")
+        _check_float("num_cpus_per_worker", self.num_cpus_per_worker, 0.0, MAX_CPUS_PER_WORKER)
+        _check_float(
+            "step_timeout_seconds", self.step_timeout_seconds, 0.0, MAX_STEP_TIMEOUT_SECONDS
+        )
+        if self.step_timeout_seconds == 0:
+            raise ValueError("step_timeout_seconds must be > 0, got 0")
+        if self.model.num_params > MAX_PARAMS:
+            raise ValueError(
+                f"hidden_sizes {list(self.model.hidden_sizes)} make {self.model.num_params} "
+                f"parameters, more than the {MAX_PARAMS} one run can hold"
+            )
         if self.batch_size < self.num_workers:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be >= num_workers ({self.num_workers}): "
@@ -203,7 +240,36 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of ``to_dict`` (a run's config.json); unknown keys are an error."""
+        if not isinstance(d, dict):
+            raise TypeError(f"the config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
-        d["model"] = ModelSpec(**{**d.get("model", {})})
+        for key, kind in (("model", ModelSpec), ("optimizer", OptimizerConfig)):
+            section = d.get(key, {})
+            if not isinstance(section, dict):
+                raise TypeError(f"{key} must be an object, got {section!r}")
+            unknown = sorted(set(section) - {f.name for f in dataclasses.fields(kind)})
+            if unknown:
+                raise TypeError(f"{key} has unknown keys: {', '.join(map(str, unknown))}")
+        d["model"] = ModelSpec(**d.get("model", {}))
         d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown keys: {', '.join(map(str, unknown))}")
         return cls(**d)
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    # bool is an int to Python, but `epochs = true` in a job file is a mistake, not 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
+
+
+def _check_float(name: str, value: Any, low: float, high: float) -> None:
+    # FiniteFloat refuses nan and inf on the command line; config.json and job files come here.
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a finite number in [{low:g}, {high:g}], got {value!r}")

@@ -59,6 +59,11 @@ def plan_epoch(num_train: int, num_workers: int, batch_size: int) -> EpochPlan:
         raise DtrainError(
             f"num_workers ({num_workers}) is more than the {num_train} training samples"
         )
+    if batch_size > num_train:
+        # It would run full-batch while the summary reports the size asked for.
+        raise DtrainError(
+            f"--batch-size {batch_size} is more than the {num_train} training samples"
+        )
     ranges = split_evenly(num_train, num_workers)
     counts = [stop - start for start, stop in ranges]
     slices = worker_batch_sizes(batch_size, counts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -44,7 +45,13 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
             probe_address(target)
         try:
             ray.init(address=target, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
+        except (OSError, RuntimeError, ValueError) as e:
+            # OSError: a local Ray that cannot start (socket path too long, /tmp full or
+            # read-only); ConnectionError is one too. Whatever it started before failing is
+            # stopped.
+            ray.shutdown()
+            if target == "local":
+                raise DtrainError(f"cannot start a local Ray: {first_line(e)}") from e
             raise DtrainError(f"cannot connect to Ray at {target}: {first_line(e)}") from e
         # ray.init put its own SIGTERM handler in (and Ray's C++ core dumps a stack on SIGTERM):
         # SIGTERM stops a run as Ctrl-C does (stopping.py).
@@ -55,15 +62,49 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
             ray.shutdown()
 
 
-def probe_address(address: str) -> None:
-    """Fail fast, in one line, when a ``host:port`` cluster address does not answer."""
-    if address == "auto" or ("://" in address and not address.startswith("ray://")):
-        return
+def parse_address(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` (or ``ray://host:port``) address; None for the forms
+    Ray resolves itself (``auto``, ``local``, other URLs). A malformed one is a DtrainError."""
+    if address in ("auto", "local") or ("://" in address and not address.startswith("ray://")):
+        return None
     hostport = address.removeprefix("ray://")
     host, sep, port = hostport.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not host or not port.isdigit():
         raise DtrainError(f"bad Ray address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:6379")
-    probe(host, int(port), f"the Ray cluster at {address}")
+    if not 1 <= int(port) <= 65535:
+        raise DtrainError(f"bad Ray address {address!r}: port {port} is not in 1..65535")
+    return host.strip("[]"), int(port)
+
+
+def probe_address(address: str) -> None:
+    """Fail fast, in one line, when a ``host:port`` cluster address is malformed or silent."""
+    parsed = parse_address(address)
+    if parsed is not None:
+        probe(*parsed, f"the Ray cluster at {address}")
+
+
+# A local run with more workers than cores time-slices them (slower, not wrong): above this many
+# per core it is a mistake (50 workers on 2 cores took 2.5 minutes for one epoch), so refuse.
+MAX_LOCAL_WORKERS_PER_CORE = 4
+
+
+def check_local_workers(num_workers: int, address: str | None) -> None:
+    """On a new local Ray, warn when workers outnumber cores and refuse far beyond that."""
+    if ray.is_initialized() or resolve_address(address) != "local":
+        return
+    cores = os.cpu_count() or 1
+    if num_workers > MAX_LOCAL_WORKERS_PER_CORE * cores:
+        raise DtrainError(
+            f"--num-workers {num_workers} on a local run with {cores} CPU cores: at most "
+            f"{MAX_LOCAL_WORKERS_PER_CORE * cores} ({MAX_LOCAL_WORKERS_PER_CORE} per core); "
+            "use --address to train on a cluster"
+        )
+    if num_workers > cores:
+        print(
+            f"dtrain: warning: {num_workers} workers on {cores} CPU cores share them; "
+            f"expect each step to be slower than with --num-workers {cores}",
+            file=sys.stderr,
+        )
 
 
 def check_resources(config: TrainConfig) -> None:

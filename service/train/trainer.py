@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import ray
 
 from dtrain.service import __version__
 from dtrain.service.data import transport
@@ -74,10 +75,14 @@ class Trainer:
     def _run(self) -> RunSummary:
         c = self.config
         wall_start = time.perf_counter()
+        # Cheap checks first: a bad or unreachable address costs no data preparation.
+        if not ray.is_initialized():
+            session.probe_address(session.resolve_address(self.address))
         # Checked on the driver (checksums, schemas) before any actor exists.
         manifest = transport.load_manifest(c.data_dir)
         num_train = int(manifest["splits"]["train"]["num_samples"])
         plan = plan_epoch(num_train, c.num_workers, c.batch_size)
+        session.check_local_workers(c.num_workers, self.address)
         total_steps = plan.steps_per_epoch * c.epochs
         if c.max_steps is not None:
             total_steps = min(total_steps, c.max_steps)
@@ -92,7 +97,7 @@ class Trainer:
         except ShardError as e:
             raise DtrainError(str(e)) from e
         test = (to_float(test_x), test_y)
-        info = self._job_info(plan, num_train, int(test_x.shape[0]))
+        info = self._job_info(plan, num_train, int(test_x.shape[0]), total_steps)
         summary: RunSummary | None = None
         error: BaseException | None = None
         try:
@@ -230,7 +235,9 @@ class Trainer:
         )
         return summary
 
-    def _job_info(self, plan: EpochPlan, num_train: int, num_test: int) -> JobInfo:
+    def _job_info(
+        self, plan: EpochPlan, num_train: int, num_test: int, total_steps: int
+    ) -> JobInfo:
         c = self.config
         return JobInfo(
             version=__version__,
@@ -246,6 +253,7 @@ class Trainer:
             num_params=c.model.num_params,
             num_train_samples=num_train,
             num_test_samples=num_test,
+            total_steps=total_steps,
         )
 
     def _emit(self, hook: str, *args: Any) -> None:

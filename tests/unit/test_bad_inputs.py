@@ -10,9 +10,11 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from click.testing import CliRunner
 from dtrain.cli.main import cli
 from dtrain.service.data import dataset
 from dtrain.service.train import checkpoint
+from dtrain.service.train.config import TrainConfig
 from dtrain.workers.model import ModelSpec, init_params
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "bad-inputs.md"
@@ -197,63 +200,32 @@ def port_in_use(ws: Path) -> list[str]:
     return train_args(ws / "data", ws, "--metrics-port", str(sock.getsockname()[1]))
 
 
-# What a case set up that must be undone after it ran (a held lock, a mounted filesystem).
-UNDO: list[Callable[[], object]] = []
-
-
-def run_dir_args(ws: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["train", "--data-dir", str(prepared(ws)), "--run-dir", str(run_dir), *extra]
-
-
-def run_dir_is_a_file(ws: Path) -> list[str]:
-    (ws / "notes.txt").write_text("the user's own file")
-    return run_dir_args(ws, ws / "notes.txt")
-
-
-def run_dir_under_a_file(ws: Path) -> list[str]:
-    (ws / "notes.txt").write_text("the user's own file")
-    return run_dir_args(ws, ws / "notes.txt" / "run")
-
-
-def tmpfs(path: Path, options: str) -> Path:
-    """A real read-only or tiny filesystem; the case is skipped where mounting is not allowed."""
-    path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    UNDO.append(lambda: subprocess.run(["umount", str(path)], check=True))
+def run_on_data(ws: Path, data: Path, spec: ModelSpec = SPEC) -> Path:
+    """A run directory (checkpoint.npz, config.json naming ``data``); its checkpoint."""
+    run = ws / "old-run"
+    path = run / "checkpoint.npz"
+    checkpoint.save(path, checkpoint.Checkpoint(spec=spec, params=init_params(spec, 0)))
+    config = TrainConfig(data_dir=data, run_dir=run, model=spec)
+    (run / "config.json").write_text(json.dumps(config.to_dict()))
     return path
 
 
-def run_dir_read_only(ws: Path) -> list[str]:
-    return run_dir_args(ws, tmpfs(ws / "ro", "ro") / "run")
+def truncated_png(ws: Path) -> list[str]:
+    from PIL import Image
+
+    path = ws / "digit.png"
+    # Random pixels: the cut falls inside the image data (a blank image fits in 60 bytes).
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (28, 28), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
 
 
-def run_dir_full_disk(ws: Path) -> list[str]:
-    full = tmpfs(ws / "full", "size=64k")
-    with (full / "filler").open("wb", buffering=0) as f:
-        try:
-            while True:
-                f.write(bytes(4096))
-        except OSError:
-            pass
-    return run_dir_args(ws, full / "run")
-
-
-def earlier_run(ws: Path) -> Path:
-    run = ws / "earlier"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoint.npz").write_bytes(b"the earlier run's weights")
-    (run / "config.json").write_text("{}")
-    return run
-
-
-def run_dir_in_use(ws: Path) -> list[str]:
-    from dtrain.service.train.rundir import RunDirLock
-
-    lock = RunDirLock(ws / "live").claim()  # a live run (this process) holds it
-    UNDO.append(lock.release)
-    return run_dir_args(ws, ws / "live")
+def silent_port(ws: Path) -> list[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    HELD.append(sock)
+    return ["jobs", "list", "--address", f"127.0.0.1:{sock.getsockname()[1]}"]
 
 
 @dataclass(frozen=True)
@@ -517,6 +489,947 @@ CASES = [
         process=True,
     ),
     Case(
+        "evaluate-run-data-missing",
+        "checkpoint",
+        "`evaluate` of a checkpoint whose run's data dir is gone",
+        lambda ws: ["evaluate", str(run_on_data(ws, ws / "gone"))],
+        1,
+        "--data-dir names another",
+    ),
+    Case(
+        "evaluate-input-size",
+        "checkpoint",
+        "`evaluate` of an 8x8 model whose run names 28x28 data",
+        lambda ws: ["evaluate", str(run_on_data(ws, prepared(ws), ModelSpec(input_size=64)))],
+        1,
+        "takes 64 inputs per sample",
+    ),
+    Case(
+        "predict-truncated-png",
+        "checkpoint",
+        "`predict` of a PNG cut short",
+        truncated_png,
+        1,
+        "unreadable picture",
+    ),
+    Case(
+        "jobs-address-not-ray",
+        "cluster",
+        "`jobs list --address HOST:PORT` where nothing Ray answers",
+        silent_port,
+        1,
+        "is not a Ray port",
+    ),
+]
+
+
+# --- issue 14: data loss in prepare, numeric extremes, strict job files, damaged containers,
+# odd predict inputs, report records, evaluate/predict data directories ---------------------
+
+
+def users_folder(ws: Path) -> Path:
+    folder = ws / "thesis"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("\\documentclass{article}\n")
+    (folder / "sub" / "notes.txt").write_text("notes\n")
+    return folder
+
+
+def prepare_into(ws: Path, out: Path, *extra: str) -> list[str]:
+    src = ws / "src" if (ws / "src").is_dir() else idx_source(ws)
+    return ["data", "prepare", "--source", str(src), "--out", str(out), *extra]
+
+
+def dataset_plus_users_file(ws: Path) -> list[str]:
+    data = prepared(ws)
+    (data / "notes.txt").write_text("mine\n")
+    return ["data", "prepare", "--source", str(ws / "src"), "--out", str(data), "--force"]
+
+
+def foreign_manifest(ws: Path) -> list[str]:
+    folder = ws / "webapp"
+    folder.mkdir()
+    (folder / "manifest.json").write_text('{"name": "my web app"}')
+    return prepare_into(ws, folder, "--force")
+
+
+def many_samples(ws: Path, n: int) -> Path:
+    """A prepared dataset of ``n`` training images (enough for any worker count asked)."""
+    rng = np.random.default_rng(0)
+    src = ws / "many.npz"
+    np.savez(
+        src,
+        x_train=rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+        y_train=rng.integers(0, 10, n, dtype=np.uint8),
+        x_test=rng.integers(0, 256, (4, 28, 28), dtype=np.uint8),
+        y_test=rng.integers(0, 10, 4, dtype=np.uint8),
+    )
+    out = ws / "data"
+    dataset.prepare(out, source=src, num_shards=1, num_test_shards=1)
+    return out
+
+
+def too_many_local_workers(ws: Path) -> list[str]:
+    n = 4 * (os.cpu_count() or 1) + 1
+    data = many_samples(ws, n + 1)
+    return train_args(data, ws, "--num-workers", str(n), "--batch-size", str(n))
+
+
+def patch_zip_headers(path: Path, *, method: int | None = None, flags: int = 0) -> None:
+    """Rewrite every member's compression method and/or OR in flag bits, in both headers."""
+    raw = bytearray(path.read_bytes())
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = raw.find(signature)
+        while at != -1:
+            if method is not None:
+                raw[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            old = int.from_bytes(raw[at + flag_at : at + flag_at + 2], "little")
+            raw[at + flag_at : at + flag_at + 2] = (old | flags).to_bytes(2, "little")
+            at = raw.find(signature, at + 4)
+    path.write_bytes(bytes(raw))
+
+
+def damaged_zip(ws: Path, **patch: int) -> list[str]:
+    path = saved_checkpoint(ws)
+    patch_zip_headers(path, **patch)
+    return ["evaluate", str(path)]
+
+
+def bad_crc_checkpoint(ws: Path) -> list[str]:
+    path = saved_checkpoint(ws)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # inside the (stored, uncompressed) params member
+    path.write_bytes(bytes(raw))
+    return ["evaluate", str(path)]
+
+
+def npy_claiming(shape: tuple[int, ...], data: bytes, dtype: str = "<f4") -> bytes:
+    header = {"descr": dtype, "fortran_order": False, "shape": shape}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    return buf.getvalue() + data
+
+
+def huge_shape_checkpoint(ws: Path) -> list[str]:
+    path = saved_checkpoint(ws)
+    with zipfile.ZipFile(path) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    members["params.npy"] = npy_claiming((10**12,), b"\0" * 64)
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return ["evaluate", str(path)]
+
+
+def raw_header_checkpoint(ws: Path, header_json: str) -> list[str]:
+    path = saved_checkpoint(ws)
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["header"] = np.frombuffer(header_json.encode(), np.uint8)
+    np.savez(path, **arrays)
+    return ["evaluate", str(path)]
+
+
+def nonfinite_velocity(ws: Path) -> list[str]:
+    path = ws / "ckpt.npz"
+    params = init_params(SPEC, 0)
+    velocity = np.zeros_like(params)
+    velocity[3] = np.inf
+    checkpoint.save(path, checkpoint.Checkpoint(spec=SPEC, params=params, velocity=velocity))
+    return ["evaluate", str(path)]
+
+
+def tampered_test_shard(ws: Path, command: str) -> list[str]:
+    data = prepared(ws)
+    path = data / shard_name(data, "test")
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    ckpt = str(saved_checkpoint(ws))
+    if command == "evaluate":
+        return ["evaluate", ckpt, "--data-dir", str(data)]
+    return ["predict", ckpt, "--test-samples", "3", "--data-dir", str(data)]
+
+
+def resume_with_config(ws: Path, config: object) -> list[str]:
+    run = ws / "prev"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(config))
+    return ["train", "--resume", str(run)]
+
+
+def bad_hidden_sizes_config(ws: Path) -> list[str]:
+    config = {"data_dir": str(ws / "data"), "run_dir": str(ws / "prev")}
+    config["model"] = {"hidden_sizes": "abc"}
+    return resume_with_config(ws, config)
+
+
+def predict_array(ws: Path, array: np.ndarray) -> list[str]:
+    path = ws / "images.npy"
+    np.save(path, array, allow_pickle=True)
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
+
+
+def predict_huge_npy(ws: Path) -> list[str]:
+    path = ws / "images.npy"
+    path.write_bytes(npy_claiming((10**9, 784), b"\0" * 784, "|u1"))
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
+
+
+STEP = {
+    "kind": "step",
+    "step": 1,
+    "loss": 2.3,
+    "accuracy": 0.1,
+    "worker_compute_seconds": [0.01],
+    "aggregate_seconds": 0.001,
+    "update_seconds": 0.001,
+    "step_seconds": 0.02,
+}
+
+
+def report_on(ws: Path, *records: object) -> list[str]:
+    run = ws / "prev"
+    run.mkdir()
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in records]
+    (run / "history.jsonl").write_text("\n".join(lines) + "\n")
+    return ["report", str(run)]
+
+
+def report_bad_summary(ws: Path) -> list[str]:
+    args = report_on(ws, STEP)
+    (ws / "prev" / "summary.json").write_text('{"epochs": "five"}')
+    return args
+
+
+ISSUE14_CASES = [
+    Case(
+        "prepare-users-folder",
+        "prepare",
+        "`data prepare --out` a folder of the user's own files",
+        lambda ws: prepare_into(ws, users_folder(ws)),
+        1,
+        "sub, thesis.tex, which are not a dtrain dataset and would be lost",
+    ),
+    Case(
+        "prepare-force-users-folder",
+        "prepare",
+        "the same with `--force`: still refused, and --force is not suggested",
+        lambda ws: prepare_into(ws, users_folder(ws), "--force"),
+        1,
+        "choose a new or empty --out directory",
+    ),
+    Case(
+        "prepare-force-dataset-plus-file",
+        "prepare",
+        "`--force` on a dtrain dataset the user added a file to",
+        dataset_plus_users_file,
+        1,
+        "holds notes.txt, which are not a dtrain dataset",
+    ),
+    Case(
+        "prepare-foreign-manifest",
+        "prepare",
+        "`--force` on a folder whose manifest.json is another program's",
+        foreign_manifest,
+        1,
+        "holds manifest.json, which are not a dtrain dataset",
+    ),
+    Case(
+        "prepare-already-prepared",
+        "prepare",
+        "`data prepare` into a finished dataset without `--force`",
+        lambda ws: prepare_into(ws, prepared(ws)),
+        1,
+        "already prepared, use --force to replace it",
+    ),
+    Case(
+        "cpus-per-worker-nan",
+        "cli",
+        "`--cpus-per-worker nan`",
+        lambda ws: ["train", "--cpus-per-worker", "nan"],
+        2,
+        "'nan' is not a finite number",
+    ),
+    Case(
+        "cpus-per-worker-inf",
+        "cli",
+        "`--cpus-per-worker inf`",
+        lambda ws: ["train", "--cpus-per-worker", "inf"],
+        2,
+        "Invalid value for '--cpus-per-worker'",
+    ),
+    Case(
+        "cpus-per-worker-negative",
+        "cli",
+        "`--cpus-per-worker -1`",
+        lambda ws: ["train", "--cpus-per-worker", "-1"],
+        2,
+        "Invalid value for '--cpus-per-worker'",
+    ),
+    Case(
+        "seed-negative",
+        "cli",
+        "`--seed -1` (seeds are 0..2**32-1)",
+        lambda ws: ["train", "--seed", "-1"],
+        2,
+        "Invalid value for '--seed': -1 is not in the range 0<=x<=4294967295",
+    ),
+    Case(
+        "seed-too-big",
+        "cli",
+        "`--seed 4294967296`",
+        lambda ws: ["train", "--seed", "4294967296"],
+        2,
+        "Invalid value for '--seed'",
+    ),
+    Case(
+        "bench-seed-negative",
+        "cli",
+        "`bench --seed -5`",
+        lambda ws: ["bench", "--seed", "-5"],
+        2,
+        "Invalid value for '--seed'",
+    ),
+    Case(
+        "metrics-grace-inf",
+        "cli",
+        "`--metrics-grace inf`",
+        lambda ws: ["train", "--metrics-grace", "inf"],
+        2,
+        "Invalid value for '--metrics-grace'",
+    ),
+    Case(
+        "metrics-grace-nan",
+        "cli",
+        "`--metrics-grace nan`",
+        lambda ws: ["train", "--metrics-grace", "nan"],
+        2,
+        "'nan' is not a finite number",
+    ),
+    Case(
+        "metrics-grace-negative",
+        "cli",
+        "`--metrics-grace -1`",
+        lambda ws: ["train", "--metrics-grace", "-1"],
+        2,
+        "Invalid value for '--metrics-grace'",
+    ),
+    Case(
+        "step-timeout-nan",
+        "cli",
+        "`--step-timeout nan`",
+        lambda ws: ["train", "--step-timeout", "nan"],
+        2,
+        "Invalid value for '--step-timeout'",
+    ),
+    Case(
+        "staleness-huge",
+        "cli",
+        "`--staleness 100000` (at most 32)",
+        lambda ws: ["train", "--staleness", "100000"],
+        2,
+        "Invalid value for '--staleness': 100000 is not in the range 0<=x<=32",
+    ),
+    Case(
+        "learning-rate-inf",
+        "cli",
+        "`--learning-rate inf`",
+        lambda ws: ["train", "--learning-rate", "inf"],
+        2,
+        "'--learning-rate' / '--lr': 'inf' is not a finite number",
+    ),
+    Case(
+        "momentum-nan",
+        "cli",
+        "`--momentum nan`",
+        lambda ws: ["train", "--momentum", "nan"],
+        2,
+        "'--momentum': 'nan' is not a finite number",
+    ),
+    Case(
+        "hidden-sizes-huge",
+        "cli",
+        "`--hidden-sizes 1000000000` (a model too big to hold)",
+        lambda ws: ["train", "--hidden-sizes", "1000000000"],
+        2,
+        "--hidden-sizes: hidden_sizes [1000000000] make",
+    ),
+    Case(
+        "gpu-workers-above-workers",
+        "cli",
+        "`--device gpu --gpu-workers 5 --num-workers 2`",
+        lambda ws: ["train", "--device", "gpu", "--gpu-workers", "5", "--num-workers", "2"],
+        2,
+        "num_gpu_workers must be between 0 and num_workers (2)",
+    ),
+    Case(
+        "jobs-stop-timeout-nan",
+        "cli",
+        "`jobs stop --timeout nan`",
+        lambda ws: ["jobs", "stop", "raysubmit_x", "--timeout", "nan"],
+        2,
+        "Invalid value for '--timeout'",
+    ),
+    Case(
+        "batch-larger-than-dataset",
+        "cli",
+        "`--batch-size 1000000` on a 30-sample dataset",
+        lambda ws: train_args(prepared(ws), ws, "--batch-size", "1000000"),
+        1,
+        "--batch-size 1000000 is more than the 30 training samples",
+    ),
+    Case(
+        "num-workers-beyond-cores",
+        "cli",
+        "`--num-workers` above 4 per CPU core on a local run",
+        too_many_local_workers,
+        1,
+        "on a local run with",
+    ),
+    Case(
+        "address-bad-port",
+        "cluster",
+        "`--address 127.0.0.1:99999`",
+        lambda ws: train_args(prepared(ws), ws, "--address", "127.0.0.1:99999"),
+        1,
+        "port 99999 is not in 1..65535",
+    ),
+    Case(
+        "address-port-0",
+        "cluster",
+        "`--address 127.0.0.1:0`",
+        lambda ws: train_args(prepared(ws), ws, "--address", "127.0.0.1:0"),
+        1,
+        "port 0 is not in 1..65535",
+    ),
+    Case(
+        "job-file-float-epochs",
+        "job file",
+        "a job file with `epochs = 1.7`",
+        lambda ws: job_file(ws, "[train]\nepochs = 1.7\n"),
+        2,
+        "'epochs' must be an integer, got float 1.7",
+    ),
+    Case(
+        "job-file-bool-epochs",
+        "job file",
+        "a job file with `epochs = true`",
+        lambda ws: job_file(ws, "[train]\nepochs = true\n"),
+        2,
+        "'epochs' must be an integer, got bool True",
+    ),
+    Case(
+        "job-file-seed-1e400",
+        "job file",
+        "a job file with `seed = 1e400`",
+        lambda ws: job_file(ws, "[train]\nseed = 1e400\n"),
+        2,
+        "'seed' must be an integer, got float inf",
+    ),
+    Case(
+        "job-file-list-run-dir",
+        "job file",
+        "a job file with `run-dir = [1, 2]`",
+        lambda ws: job_file(ws, "[train]\nrun-dir = [1, 2]\n"),
+        2,
+        "'run-dir' must be a string, got list [1, 2]",
+    ),
+    Case(
+        "job-file-int-data-dir",
+        "job file",
+        "a job file with `data-dir = 5`",
+        lambda ws: job_file(ws, "[train]\ndata-dir = 5\n"),
+        2,
+        "'data-dir' must be a string, got int 5",
+    ),
+    Case(
+        "job-file-int-flag",
+        "job file",
+        "a job file with `eval-every-epoch = 1`",
+        lambda ws: job_file(ws, "[train]\neval-every-epoch = 1\n"),
+        2,
+        "'eval-every-epoch' must be a boolean",
+    ),
+    Case(
+        "job-file-keys-beside-table",
+        "job file",
+        "a job file with `epochs = 2` above its `[train]` table",
+        lambda ws: job_file(ws, "epochs = 2\n[train]\nseed = 1\n"),
+        2,
+        "keys outside the [train] table: 'epochs'",
+    ),
+    Case(
+        "job-file-grace-inf",
+        "job file",
+        "a job file with `metrics-grace = inf`",
+        lambda ws: job_file(ws, "[train]\nmetrics-grace = inf\n"),
+        2,
+        "Invalid value for '--metrics-grace'",
+    ),
+    Case(
+        "checkpoint-unknown-compression",
+        "checkpoint",
+        "a checkpoint whose members claim compression method 99",
+        lambda ws: damaged_zip(ws, method=99),
+        1,
+        "uses unsupported compression method 99",
+    ),
+    Case(
+        "checkpoint-encrypted",
+        "checkpoint",
+        "a checkpoint whose members are flagged encrypted",
+        lambda ws: damaged_zip(ws, flags=0x1),
+        1,
+        "is encrypted",
+    ),
+    Case(
+        "checkpoint-bad-crc",
+        "checkpoint",
+        "a checkpoint with one byte of its weights flipped (bad CRC)",
+        bad_crc_checkpoint,
+        1,
+        "Bad CRC-32",
+    ),
+    Case(
+        "checkpoint-huge-shape",
+        "checkpoint",
+        "a checkpoint whose params header claims 10**12 floats",
+        huge_shape_checkpoint,
+        1,
+        "header claims shape [1000000000000]",
+    ),
+    Case(
+        "checkpoint-header-list",
+        "checkpoint",
+        "a checkpoint header that is the JSON `[1, 2]`",
+        lambda ws: raw_header_checkpoint(ws, "[1, 2]"),
+        1,
+        "a JSON list, not an object",
+    ),
+    Case(
+        "checkpoint-header-null",
+        "checkpoint",
+        "a checkpoint header that is the JSON `null`",
+        lambda ws: raw_header_checkpoint(ws, "null"),
+        1,
+        "a JSON NoneType, not an object",
+    ),
+    Case(
+        "checkpoint-input-size-string",
+        "checkpoint",
+        'a checkpoint header with `"input_size": "784"`',
+        lambda ws: ["evaluate", str(saved_checkpoint(ws, input_size="784"))],
+        1,
+        "header field input_size must be an integer, got '784'",
+    ),
+    Case(
+        "checkpoint-hidden-sizes-string",
+        "checkpoint",
+        'a checkpoint header with `"hidden_sizes": "8"`',
+        lambda ws: ["evaluate", str(saved_checkpoint(ws, hidden_sizes="8"))],
+        1,
+        "header field hidden_sizes must be a list of integers",
+    ),
+    Case(
+        "checkpoint-nonfinite-velocity",
+        "checkpoint",
+        "a checkpoint whose velocity holds inf",
+        nonfinite_velocity,
+        1,
+        "holds non-finite velocity",
+    ),
+    Case(
+        "checkpoint-is-directory",
+        "checkpoint",
+        "`evaluate` of a directory without checkpoint.npz",
+        lambda ws: ["evaluate", str(ws)],
+        1,
+        "is a directory without a checkpoint.npz",
+    ),
+    Case(
+        "evaluate-data-dir-missing",
+        "dataset",
+        "`evaluate --data-dir` a folder that does not exist (nothing is prepared there)",
+        lambda ws: ["evaluate", str(saved_checkpoint(ws)), "--data-dir", str(ws / "none")],
+        1,
+        "no prepared dataset there; prepare it with `dtrain data prepare --out",
+    ),
+    Case(
+        "train-data-dir-unprepared",
+        "dataset",
+        "`train --data-dir` a folder of other files (no --force suggested)",
+        lambda ws: train_args(users_folder(ws), ws),
+        1,
+        "not a prepared dataset (no manifest.json); prepare it with",
+    ),
+    Case(
+        "evaluate-tampered-test-shard",
+        "dataset",
+        "`evaluate` on a test shard with one byte flipped",
+        lambda ws: tampered_test_shard(ws, "evaluate"),
+        1,
+        "sha256 does not match the manifest",
+    ),
+    Case(
+        "predict-tampered-test-shard",
+        "dataset",
+        "`predict --test-samples` on a test shard with one byte flipped",
+        lambda ws: tampered_test_shard(ws, "predict"),
+        1,
+        "sha256 does not match the manifest",
+    ),
+    Case(
+        "resume-config-hidden-sizes",
+        "checkpoint",
+        '`--resume` a run whose config.json has `"hidden_sizes": "abc"`',
+        bad_hidden_sizes_config,
+        1,
+        "config.json: hidden_sizes must be a list of integers",
+    ),
+    Case(
+        "resume-config-list",
+        "checkpoint",
+        "`--resume` a run whose config.json is `[1, 2]`",
+        lambda ws: resume_with_config(ws, [1, 2]),
+        1,
+        "config.json: the config must be a JSON object",
+    ),
+    Case(
+        "predict-str-dtype",
+        "predict",
+        "`predict` on a .npy of strings",
+        lambda ws: predict_array(ws, np.full((1, 784), "a")),
+        1,
+        "images have dtype <U1",
+    ),
+    Case(
+        "predict-structured-dtype",
+        "predict",
+        "`predict` on a .npy of records",
+        lambda ws: predict_array(ws, np.zeros((1, 784), dtype=[("a", "u1"), ("b", "u1")])),
+        1,
+        "images have dtype [('a', 'u1'), ('b', 'u1')]",
+    ),
+    Case(
+        "predict-datetime-dtype",
+        "predict",
+        "`predict` on a .npy of datetimes",
+        lambda ws: predict_array(ws, np.zeros((1, 784), dtype="datetime64[s]")),
+        1,
+        "images have dtype datetime64[s]",
+    ),
+    Case(
+        "predict-complex-dtype",
+        "predict",
+        "`predict` on a .npy of complex numbers",
+        lambda ws: predict_array(ws, np.zeros((1, 784), dtype=np.complex64)),
+        1,
+        "images have dtype complex64",
+    ),
+    Case(
+        "predict-empty",
+        "predict",
+        "`predict` on a .npy shaped (0, 784)",
+        lambda ws: predict_array(ws, np.zeros((0, 784), dtype=np.uint8)),
+        1,
+        "holds no images (shape (0, 784))",
+    ),
+    Case(
+        "predict-object-npy",
+        "predict",
+        "`predict` on a .npy of pickled objects",
+        lambda ws: predict_array(ws, np.array([{}, {}], dtype=object)),
+        1,
+        "holds pickled objects, refused",
+    ),
+    Case(
+        "predict-huge-header",
+        "predict",
+        "`predict` on a .npy whose header claims 10**9 images",
+        predict_huge_npy,
+        1,
+        "header claims shape [1000000000, 784]",
+    ),
+    Case(
+        "predict-directory",
+        "predict",
+        "`predict` with a directory as INPUTS",
+        lambda ws: ["predict", str(saved_checkpoint(ws)), str(ws)],
+        1,
+        "is a directory, expected an image file",
+    ),
+    Case(
+        "report-step-not-a-number",
+        "report",
+        '`report` on a history record with `"step": "x"`',
+        lambda ws: report_on(ws, {**STEP, "step": "x"}),
+        1,
+        "'step' must be an integer, got 'x'",
+    ),
+    Case(
+        "report-step-missing",
+        "report",
+        "`report` on a step record without its step",
+        lambda ws: report_on(ws, {k: v for k, v in STEP.items() if k != "step"}),
+        1,
+        "step record lacks 'step'",
+    ),
+    Case(
+        "report-record-list",
+        "report",
+        "`report` on a history line that is a JSON list",
+        lambda ws: report_on(ws, "[1, 2]"),
+        1,
+        "history.jsonl:1 is a JSON list, not an object",
+    ),
+    Case(
+        "report-loss-string",
+        "report",
+        '`report` on a step record with `"loss": "low"`',
+        lambda ws: report_on(ws, {**STEP, "loss": "low"}),
+        1,
+        "'loss' must be a number, got 'low'",
+    ),
+    Case(
+        "report-summary-wrong-type",
+        "report",
+        '`report` on a run whose summary.json has `"epochs": "five"`',
+        report_bad_summary,
+        1,
+        "'epochs' must be an integer, got 'five'",
+    ),
+]
+CASES += ISSUE14_CASES
+
+# --- neighbours of issue 14's examples: the same classes, reached another way ------------------
+
+
+def resume_nonfinite_velocity(ws: Path) -> list[str]:
+    """A run whose only checkpoint has an inf velocity: refused on load, not after a step."""
+    data = prepared(ws)
+    run = ws / "prev"
+    (run / "checkpoints").mkdir(parents=True)
+    config = {"data_dir": str(data), "run_dir": str(run), "model": {"hidden_sizes": [8]}}
+    config |= {"batch_size": 4, "num_workers": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    params = init_params(SPEC, 0)
+    velocity = np.zeros_like(params)
+    velocity[-1] = np.inf
+    ckpt = checkpoint.Checkpoint(spec=SPEC, params=params, velocity=velocity)
+    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
+    return ["train", "--resume", str(run)]
+
+
+def damaged_npz_source(ws: Path, **patch: int) -> list[str]:
+    src = npz_source(ws)
+    if patch:
+        patch_zip_headers(src, **patch)
+    else:  # one byte of a stored member flipped: only its CRC can tell
+        raw = bytearray(src.read_bytes())
+        raw[len(raw) // 3] ^= 0xFF
+        src.write_bytes(bytes(raw))
+    return prepare_args(src, ws)
+
+
+def huge_header_npz_source(ws: Path) -> list[str]:
+    src = npz_source(ws)
+    with zipfile.ZipFile(src) as z:
+        members = {name: z.read(name) for name in z.namelist()}
+    members["x_train.npy"] = npy_claiming((10**9, 28, 28), b"\0" * 784, "|u1")
+    with zipfile.ZipFile(src, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return prepare_args(src, ws)
+
+
+def predict_npz(ws: Path, **patch: int) -> list[str]:
+    path = ws / "images.npz"
+    np.savez(path, x=np.zeros((2, 28, 28), np.uint8))
+    patch_zip_headers(path, **patch)
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
+
+
+NEIGHBOUR_CASES = [
+    Case(
+        "resume-nonfinite-velocity",
+        "checkpoint",
+        "`--resume` a run whose only checkpoint has an inf velocity",
+        resume_nonfinite_velocity,
+        1,
+        "holds non-finite velocity",
+    ),
+    Case(
+        "resume-config-null",
+        "checkpoint",
+        "`--resume` a run whose config.json is `null`",
+        lambda ws: resume_with_config(ws, None),
+        1,
+        "config.json: the config must be a JSON object, got NoneType",
+    ),
+    Case(
+        "resume-config-epochs-string",
+        "checkpoint",
+        '`--resume` a run whose config.json has `"epochs": "5"`',
+        lambda ws: resume_with_config(ws, {"data_dir": "d", "run_dir": "r", "epochs": "5"}),
+        1,
+        "config.json: epochs must be an integer, got '5'",
+    ),
+    Case(
+        "checkpoint-num-classes-null",
+        "checkpoint",
+        'a checkpoint header with `"num_classes": null`',
+        lambda ws: ["evaluate", str(saved_checkpoint(ws, num_classes=None))],
+        1,
+        "header field num_classes must be an integer, got None",
+    ),
+    Case(
+        "prepare-npz-bad-crc",
+        "dataset",
+        "`data prepare` from an `.npz` with one byte flipped (bad CRC)",
+        damaged_npz_source,
+        1,
+        "member 'x_train': damaged data",
+    ),
+    Case(
+        "prepare-npz-unknown-compression",
+        "dataset",
+        "`data prepare` from an `.npz` whose members claim compression method 99",
+        lambda ws: damaged_npz_source(ws, method=99),
+        1,
+        "member 'x_train' uses unsupported compression method 99",
+    ),
+    Case(
+        "prepare-npz-huge-header",
+        "dataset",
+        "`data prepare` from an `.npz` whose x_train header claims 10**9 images",
+        huge_header_npz_source,
+        1,
+        "header claims shape [1000000000, 28, 28]",
+    ),
+    Case(
+        "predict-npz-encrypted",
+        "predict",
+        "`predict` on an `.npz` whose members are flagged encrypted",
+        lambda ws: predict_npz(ws, flags=0x1),
+        1,
+        "is encrypted",
+    ),
+    Case(
+        "predict-bool-dtype",
+        "predict",
+        "`predict` on a .npy of booleans",
+        lambda ws: predict_array(ws, np.zeros((2, 784), bool)),
+        1,
+        "images have dtype bool, expected uint8 pixels",
+    ),
+    Case(
+        "evaluate-data-dir-unprepared",
+        "dataset",
+        "`evaluate --data-dir` a folder of other files (no --force suggested)",
+        lambda ws: ["evaluate", str(saved_checkpoint(ws)), "--data-dir", str(users_folder(ws))],
+        1,
+        "not a prepared dataset (no manifest.json); prepare it with",
+    ),
+    Case(
+        "job-file-cpus-nan",
+        "job file",
+        "a job file with `cpus-per-worker = nan`",
+        lambda ws: job_file(ws, "[train]\ncpus-per-worker = nan\n"),
+        2,
+        "Invalid value for '--cpus-per-worker': nan is not a finite number",
+    ),
+    Case(
+        "job-file-staleness-huge",
+        "job file",
+        "a job file with `staleness = 100000`",
+        lambda ws: job_file(ws, "[train]\nstaleness = 100000\n"),
+        2,
+        "'--staleness': 100000 is not in the range 0<=x<=32",
+    ),
+    Case(
+        "address-ray-bad-port",
+        "cluster",
+        "`--address ray://127.0.0.1:70000`",
+        lambda ws: train_args(prepared(ws), ws, "--address", "ray://127.0.0.1:70000"),
+        1,
+        "port 70000 is not in 1..65535",
+    ),
+    Case(
+        "submit-entrypoint-cpus-inf",
+        "cli",
+        "`submit --entrypoint-num-cpus inf`",
+        lambda ws: ["submit", "--entrypoint-num-cpus", "inf"],
+        2,
+        "'--entrypoint-num-cpus': 'inf' is not a finite number",
+    ),
+]
+CASES += NEIGHBOUR_CASES
+
+
+# --- run directories (issue 13): refused before the data is read or Ray starts --------------
+
+# What a case set up that must be undone after it ran (a held lock, a mounted filesystem).
+UNDO: list[Callable[[], object]] = []
+
+
+def run_dir_args(ws: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--data-dir", str(prepared(ws)), "--run-dir", str(run_dir), *extra]
+
+
+def run_dir_is_a_file(ws: Path) -> list[str]:
+    (ws / "notes.txt").write_text("the user's own file")
+    return run_dir_args(ws, ws / "notes.txt")
+
+
+def run_dir_under_a_file(ws: Path) -> list[str]:
+    (ws / "notes.txt").write_text("the user's own file")
+    return run_dir_args(ws, ws / "notes.txt" / "run")
+
+
+def tmpfs(path: Path, options: str) -> Path:
+    """A real read-only or tiny filesystem; the case is skipped where mounting is not allowed."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    UNDO.append(lambda: subprocess.run(["umount", str(path)], check=True))
+    return path
+
+
+def run_dir_read_only(ws: Path) -> list[str]:
+    return run_dir_args(ws, tmpfs(ws / "ro", "ro") / "run")
+
+
+def run_dir_full_disk(ws: Path) -> list[str]:
+    full = tmpfs(ws / "full", "size=64k")
+    with (full / "filler").open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError:
+            pass
+    return run_dir_args(ws, full / "run")
+
+
+def earlier_run(ws: Path) -> Path:
+    run = ws / "earlier"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoint.npz").write_bytes(b"the earlier run's weights")
+    (run / "config.json").write_text("{}")
+    return run
+
+
+def run_dir_in_use(ws: Path) -> list[str]:
+    from dtrain.service.train.rundir import RunDirLock
+
+    lock = RunDirLock(ws / "live").claim()  # a live run (this process) holds it
+    UNDO.append(lock.release)
+    return run_dir_args(ws, ws / "live")
+
+
+RUN_DIR_CASES = [
+    Case(
         "run-dir-is-a-file",
         "run dir",
         "`--run-dir` names a regular file",
@@ -581,6 +1494,7 @@ CASES = [
         "--overwrite starts a new run, --resume continues one",
     ),
 ]
+CASES += RUN_DIR_CASES
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -20,7 +20,7 @@ from dtrain.cli.main import cli
         (["train", "--cpus-per-worker", "inf"], 2, "'inf' is not a finite number"),
         (["train", "--step-timeout", "nan"], 2, "'--step-timeout': 'nan' is not a finite"),
         (["train", "--metrics-grace", "inf"], 2, "'--metrics-grace': 'inf' is not a finite"),
-        (["train", "--seed", "-1"], 2, "'--seed': -1 is not in the range x>=0"),
+        (["train", "--seed", "-1"], 2, "'--seed': -1 is not in the range 0<=x<=4294967295"),
         (["train", "--num-workers", "0"], 2, "--num-workers"),
         (["train", "--optimizer", "adam"], 2, "'adam' is not one of"),
         (["train", "--hidden-sizes", "512,x"], 2, "not a comma-separated list"),

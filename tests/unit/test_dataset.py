@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dtrain.service.data import dataset
+from dtrain.service.data import prepare as prepare_module
+from dtrain.service.data import sources
 from dtrain.service.data.dataset import (
     SCHEMA,
     default_data_dir,
@@ -177,7 +178,7 @@ def test_describe_lists_counts(prepared_mnist: Path) -> None:
 def test_embedded_checksum_mismatch_is_reported(
     idx_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dataset, "EMBEDDED_DIR", idx_dir)
+    monkeypatch.setattr(sources, "EMBEDDED_DIR", idx_dir)
     with pytest.raises(DtrainError) as excinfo:
         load_source(None)
     assert_error(excinfo, "train-images-idx3-ubyte.gz", "does not match the canonical MNIST")
@@ -466,15 +467,18 @@ def test_already_prepared_needs_force(small_prepared: Path, idx_dir: Path) -> No
     assert sorted(p.name for p in small_prepared.parent.iterdir()) == ["prepared", "src"]
 
 
-def test_leftovers_without_manifest_need_force(tmp_path: Path, idx_dir: Path) -> None:
+def test_shard_files_without_a_manifest_are_never_replaced(tmp_path: Path, idx_dir: Path) -> None:
+    # A prepare installs its folder whole, manifest included, so this is not dtrain's work:
+    # --force must not delete it either, and the message must not suggest it.
     out = tmp_path / "out"
     out.mkdir()
     (out / "train-00000-of-00008.arrow").write_bytes(b"half")
-    with pytest.raises(DtrainError) as excinfo:
-        prepare(out, source=idx_dir)
-    assert_error(excinfo, "without a manifest.json", "leftovers", "--force")
-    prepare(out, source=idx_dir, force=True)
-    assert (out / "train-00000-of-00008.arrow").read_bytes() != b"half"
+    for force in (False, True):
+        with pytest.raises(DtrainError) as excinfo:
+            prepare(out, source=idx_dir, force=force)
+        assert_error(excinfo, "not a dtrain dataset", "would be lost")
+        assert "--force" not in str(excinfo.value)
+    assert (out / "train-00000-of-00008.arrow").read_bytes() == b"half"
 
 
 def test_empty_existing_directory_is_filled(tmp_path: Path, idx_dir: Path) -> None:
@@ -494,7 +498,7 @@ def test_out_dir_that_is_a_file(tmp_path: Path, idx_dir: Path) -> None:
 
 
 def _fail_after_first_shard(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dataset._write_shard
+    real = prepare_module._write_shard
     calls = []
 
     def flaky(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -503,7 +507,7 @@ def _fail_after_first_shard(monkeypatch: pytest.MonkeyPatch) -> None:
         calls.append(path)
         real(path, images, labels)
 
-    monkeypatch.setattr(dataset, "_write_shard", flaky)
+    monkeypatch.setattr(prepare_module, "_write_shard", flaky)
 
 
 def test_failure_mid_write_leaves_no_output(
@@ -532,7 +536,7 @@ def test_disk_errors_become_dtrain_errors(
     def full(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dataset, "_write_shard", full)
+    monkeypatch.setattr(prepare_module, "_write_shard", full)
     with pytest.raises(DtrainError) as excinfo:
         prepare(tmp_path / "out", source=idx_dir)
     assert_error(excinfo, "cannot write prepared data", "No space left on device")

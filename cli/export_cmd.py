@@ -1,0 +1,35 @@
+"""`dtrain export`: a checkpoint's network as ONNX or safetensors, for other tools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+FORMATS = ("onnx", "safetensors")
+
+
+@click.command()
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    required=True,
+    help="onnx: the whole network (input float32 pixel/255, output class probabilities); "
+    "safetensors: each layer's weight (in, out) and bias under dense_N.weight / dense_N.bias.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File to write. [default: the checkpoint's path with .onnx or .safetensors]",
+)
+def export(checkpoint_path: Path, fmt: str, out: Path | None) -> None:
+    """Export a checkpoint's network (needs `pip install 'dtrain[export]'`)."""
+    from dtrain.service import export as exporter
+    from dtrain.service.train import checkpoint
+
+    ckpt = checkpoint.load(checkpoint_path)
+    path = exporter.export(ckpt, fmt, out or checkpoint_path.with_suffix(exporter.SUFFIXES[fmt]))
+    click.echo(str(path))
