@@ -28,6 +28,7 @@ from dtrain.cli.group import DtrainGroup
 from dtrain.cli.options import JOB_FILE_NAMES_KEY, FiniteFloat, build_config, json_option
 from dtrain.cli.train_cmd import train
 from dtrain.service.errors import first_line
+from dtrain.service.train import stopping
 from dtrain.service.train.config import MAX_CPUS_PER_WORKER
 
 ADDRESS_HELP = (
@@ -230,13 +231,13 @@ def _follow(client: Any, job_id: str, quiet: bool = False) -> Any:
 
     try:
         record = client.follow(job_id, write)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (cli/group.py takes both)
         click.echo(
-            f"\ndtrain: stopped following {job_id}; it keeps running "
-            f"(`dtrain jobs stop {job_id}` ends it)",
+            f"\ndtrain: stopped following {job_id} ({stopping.signal_name(e)}); it keeps "
+            f"running (`dtrain jobs stop {job_id}` ends it)",
             err=True,
         )
-        sys.exit(130)
+        sys.exit(stopping.exit_code(e))
     if record.status == "SUCCEEDED":
         click.echo(f"dtrain: job {job_id} succeeded", err=True)
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,14 @@ from dtrain.service.errors import DtrainError
     default=None,
     help="Continue the run in this run directory from its newest whole checkpoint.",
 )
+# Like --resume, how this invocation treats the run directory, not part of the run's config:
+# a config.json or job file that said "overwrite" would make every later --resume conflict.
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="If --run-dir already holds a run, move it aside to RUN_DIR.old-<time> (nothing is "
+    "deleted) and start afresh; without it such a directory is refused.",
+)
 @click.option(
     "--address",
     default=None,
@@ -46,11 +55,15 @@ from dtrain.service.errors import DtrainError
 @with_options(TRACKER_OPTIONS)
 @json_option("the summary")
 @click.pass_context
-def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts: Any) -> None:
+def train(
+    ctx: click.Context, /, as_json: bool, resume_dir: Path | None, overwrite: bool, **opts: Any
+) -> None:
     """Train the network on a local Ray or a cluster, then save a checkpoint."""
     from dtrain.service.observe.observers import HistoryWriter
+    from dtrain.service.train import stopping
     from dtrain.service.train.trainer import Trainer
 
+    check_run_dir_options(ctx, resume_dir, overwrite)
     if resume_dir is not None:
         given = {
             name: value
@@ -80,17 +93,44 @@ def train(ctx: click.Context, /, as_json: bool, resume_dir: Path | None, **opts:
         # kill would otherwise come first and the output would not parse.
         with stdout_to_stderr(as_json):
             summary = Trainer(
-                config, observers, address=opts["address"], resume=resume_dir is not None
+                config,
+                observers,
+                address=opts["address"],
+                resume=resume_dir is not None,
+                overwrite=overwrite,
             ).run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         saved = list((config.run_dir / "checkpoints").glob("step-*.npz"))
-        hint = f"; resume with: dtrain train --resume {config.run_dir}" if saved else ""
-        click.echo(f"dtrain: interrupted{hint}", err=True)
-        sys.exit(130)
+        hint = f"; resume with: dtrain train --resume {shlex.quote(str(config.run_dir))}"
+        step = getattr(e, "step", None)
+        how = stopping.signal_name(e)
+        if step is not None:
+            how += f": stopped after step {step}, which is checkpointed"
+        click.echo(f"dtrain: interrupted{hint if saved else ''} ({how})", err=True)
+        sys.exit(stopping.exit_code(e))
     if as_json:
         out = summary.to_dict()
         out.pop("history")
         click.echo(json.dumps(out))
+
+
+def check_run_dir_options(ctx: click.Context, resume_dir: Path | None, overwrite: bool) -> None:
+    """--resume names the run directory itself: a different --run-dir, or --overwrite, conflicts."""
+    if resume_dir is None:
+        return
+    if overwrite:
+        raise click.UsageError(
+            "--overwrite starts a new run, --resume continues one: give one of them", ctx
+        )
+    if ctx.get_parameter_source("run_dir") != click.core.ParameterSource.COMMANDLINE:
+        return
+    run_dir = ctx.params.get("run_dir")
+    if run_dir is not None and Path(run_dir).resolve() != resume_dir.resolve():
+        raise click.UsageError(
+            f"--resume {resume_dir} continues the run in {resume_dir}, but --run-dir names "
+            f"{run_dir}: drop --run-dir (a resumed run stays in its directory)",
+            ctx,
+        )
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:

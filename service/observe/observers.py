@@ -45,19 +45,31 @@ class HistoryWriter(Observer):
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: IO[str] | None = None
+        # After a lost actor the driver replays steps from its last snapshot (the same bits):
+        # each step and epoch is written once.
+        self._last_step = 0
+        self._epochs: set[int] = set()
 
     def on_start(self, info: JobInfo) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        # Line-buffered: every step up to a checkpoint is on disk when the checkpoint is, so a
+        # resume after a SIGKILL cuts the file back to that step and loses none before it.
+        self._file = self.path.open("a", encoding="utf-8", buffering=1)
 
     def _write(self, kind: str, record: dict[str, Any]) -> None:
         if self._file is not None:
             self._file.write(json.dumps({"kind": kind, **record}) + "\n")
 
     def on_step(self, stats: StepStats) -> None:
+        if stats.step <= self._last_step:
+            return
+        self._last_step = stats.step
         self._write("step", stats.to_dict())
 
     def on_epoch(self, stats: EpochStats) -> None:
+        if stats.epoch in self._epochs:
+            return
+        self._epochs.add(stats.epoch)
         self._write("epoch", stats.to_dict())
         if self._file is not None:
             self._file.flush()

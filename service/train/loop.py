@@ -18,6 +18,7 @@ import numpy as np
 
 from dtrain.service.observe.stats import EpochStats, StepStats
 from dtrain.service.ps.server import ServerStats
+from dtrain.service.train import stopping
 from dtrain.service.train.actors import ActorGroup
 from dtrain.service.train.recovery import Checkpointer, Progress, Snapshot, diverged
 
@@ -66,9 +67,17 @@ class StepLoop:
         else:
             ready = {j: server.weights_at.remote(j) for j in range(max(0, first - k), first + 1)}
         self.last_done = time.perf_counter()
+        if first and first % self.spe == 0 and self.progress.epoch_samples:
+            # A snapshot taken at an epoch's last step precedes that epoch's record: write it
+            # now, or the continued run would fold that epoch into the next one.
+            self._end_epoch(
+                first // self.spe, server.get_weights.remote() if shared else ready[first]
+            )
 
         step = self.progress.step
         while step < self.total_steps:
+            if stopping.requested() is not None:
+                break  # a stop signal: the submitted steps drain below, the trainer saves them
             step += 1
             epoch, s_in_epoch = divmod(step - 1, self.spe)
             epoch += 1

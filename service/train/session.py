@@ -6,13 +6,14 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import ray
 
 from dtrain.service.errors import DtrainError, first_line
 from dtrain.service.net import probe
+from dtrain.service.train import localray, stopping
 from dtrain.service.train.config import TrainConfig
 
 
@@ -33,25 +34,32 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
         "logging_level": logging.WARNING,
         "log_to_driver": True,
     }
-    if target == "local":
-        # Token authentication: Ray >= 2.59 turns it on for a new local cluster unless the user
-        # set RAY_AUTH_MODE (setting it here, after `import ray`, would desync Ray's config).
-        kwargs["num_cpus"] = num_cpus
-    else:
-        probe_address(target)
-    try:
-        ray.init(address=target, **kwargs)
-    except (OSError, RuntimeError, ValueError) as e:
-        # OSError: a local Ray that cannot start (socket path too long, /tmp full or read-only);
-        # ConnectionError is one too. Whatever it started before failing is stopped.
-        ray.shutdown()
+    with ExitStack() as stack:
         if target == "local":
-            raise DtrainError(f"cannot start a local Ray: {first_line(e)}") from e
-        raise DtrainError(f"cannot connect to Ray at {target}: {first_line(e)}") from e
-    try:
-        yield
-    finally:
-        ray.shutdown()
+            # Token authentication: Ray >= 2.59 turns it on for a new local cluster unless the
+            # user set RAY_AUTH_MODE (setting it here, after `import ray`, would desync Ray's
+            # config). Loopback only, and nothing of it left running after the driver: localray.
+            kwargs["num_cpus"] = num_cpus
+            stack.enter_context(localray.local_ray_settings())
+        else:
+            probe_address(target)
+        try:
+            ray.init(address=target, **kwargs)
+        except (OSError, RuntimeError, ValueError) as e:
+            # OSError: a local Ray that cannot start (socket path too long, /tmp full or
+            # read-only); ConnectionError is one too. Whatever it started before failing is
+            # stopped.
+            ray.shutdown()
+            if target == "local":
+                raise DtrainError(f"cannot start a local Ray: {first_line(e)}") from e
+            raise DtrainError(f"cannot connect to Ray at {target}: {first_line(e)}") from e
+        # ray.init put its own SIGTERM handler in (and Ray's C++ core dumps a stack on SIGTERM):
+        # SIGTERM stops a run as Ctrl-C does (stopping.py).
+        stopping.reassert()
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def parse_address(address: str) -> tuple[str, int] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -22,12 +23,13 @@ from dtrain.service.data import transport
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import JobInfo, RunSummary
-from dtrain.service.train import checkpoint, session
+from dtrain.service.train import checkpoint, session, stopping
 from dtrain.service.train.actors import ActorGroup, ActorLost
 from dtrain.service.train.config import TrainConfig
 from dtrain.service.train.loop import StepLoop
 from dtrain.service.train.plan import EpochPlan, plan_epoch
 from dtrain.service.train.recovery import Checkpointer, RestartPolicy, Snapshot, initial_snapshot
+from dtrain.service.train.rundir import HISTORY_FILE, RunDirLock, cut_history
 from dtrain.workers.model import Network
 from dtrain.workers.shards import ShardError, read_rows, shard_format, to_float
 
@@ -41,11 +43,14 @@ class Trainer:
         observers: Sequence[Observer] = (),
         address: str | None = None,
         resume: bool = False,
+        overwrite: bool = False,
     ) -> None:
         self.config = config
         self.observers = list(observers)
         self.address = address
         self.resume = resume
+        # Move a run already in config.run_dir aside (never deleted) instead of refusing it.
+        self.overwrite = overwrite
         self.net = Network(config.model)
         # The live actors, for observers that inspect them (and the chaos tests).
         self.group: ActorGroup | None = None
@@ -60,6 +65,15 @@ class Trainer:
         return self.group.workers if self.group else []
 
     def run(self) -> RunSummary:
+        # First, before data or Ray: one line for a run directory that is taken, a file,
+        # read-only or full; held until the run ends so that no second run writes into it.
+        claim = RunDirLock(self.config.run_dir, resume=self.resume, overwrite=self.overwrite)
+        with claim:
+            # What a killed run's unfinished atomic writes left (only dtrain's own names).
+            claim.sweep_stale_tmp()
+            return self._run()
+
+    def _run(self) -> RunSummary:
         c = self.config
         wall_start = time.perf_counter()
         # Cheap checks first: a bad or unreachable address costs no data preparation.
@@ -75,6 +89,9 @@ class Trainer:
         if c.max_steps is not None:
             total_steps = min(total_steps, c.max_steps)
         snapshot = initial_snapshot(c, self.resume)
+        if self.resume:  # no step twice in the history after a killed driver
+            epochs = {int(record["epoch"]) for record in snapshot.progress.history}
+            cut_history(c.run_dir / HISTORY_FILE, snapshot.progress.step, epochs)
         try:
             test_x, test_y = read_rows(
                 c.data_dir, manifest, "test", 0, manifest["splits"]["test"]["num_samples"]
@@ -90,7 +107,13 @@ class Trainer:
             with session.ray_session(self.address, num_cpus):
                 group = self._build(manifest, plan, total_steps)
                 self._emit("on_start", info)
-                final = self._train(group, plan, total_steps, snapshot, test)
+                stopping.set_graceful(True)
+                try:
+                    final = self._train(group, plan, total_steps, snapshot, test)
+                finally:
+                    stopping.set_graceful(False)
+                if final.progress.step < total_steps:
+                    raise self._stopped(final, snapshot)
             summary = self._close(final, test, wall_start)
             return summary
         except BaseException as e:
@@ -122,8 +145,8 @@ class Trainer:
         session.check_resources(c)
         gpu_workers = session.num_gpu_workers(c)
         shared_memory = session.use_shared_memory(c)
-        # Only now, with a cluster that can run the job, does the run directory appear.
-        c.run_dir.mkdir(parents=True, exist_ok=True)
+        # The run directory exists (claimed); only now, with a cluster that can run the job, is
+        # anything written into it.
         if not self.resume:
             checkpoint.atomic_write_bytes(
                 c.run_dir / "config.json", json.dumps(c.to_dict(), indent=2).encode()
@@ -185,6 +208,14 @@ class Trainer:
                 self._emit("on_health", 0, start.progress.restarts, 1)
             finally:
                 group.kill()
+
+    def _stopped(self, final: Snapshot, start: Snapshot) -> stopping.Interrupted:
+        """A stop signal ended the loop at a step boundary: checkpoint that step, say so."""
+        signum = stopping.requested() or signal.SIGINT
+        if final.progress.step == start.progress.step:  # no step done: nothing new to save
+            return stopping.Interrupted(signum)
+        self.checkpointer.save_periodic(final)
+        return stopping.Interrupted(signum, final.progress.step)
 
     def _close(
         self, final: Snapshot, test: tuple[np.ndarray, np.ndarray], wall_start: float

@@ -1484,6 +1484,136 @@ NEIGHBOUR_CASES = [
 CASES += NEIGHBOUR_CASES
 
 
+# --- run directories (issue 13): refused before the data is read or Ray starts --------------
+
+# What a case set up that must be undone after it ran (a held lock, a mounted filesystem).
+UNDO: list[Callable[[], object]] = []
+
+
+def run_dir_args(ws: Path, run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--data-dir", str(prepared(ws)), "--run-dir", str(run_dir), *extra]
+
+
+def run_dir_is_a_file(ws: Path) -> list[str]:
+    (ws / "notes.txt").write_text("the user's own file")
+    return run_dir_args(ws, ws / "notes.txt")
+
+
+def run_dir_under_a_file(ws: Path) -> list[str]:
+    (ws / "notes.txt").write_text("the user's own file")
+    return run_dir_args(ws, ws / "notes.txt" / "run")
+
+
+def tmpfs(path: Path, options: str) -> Path:
+    """A real read-only or tiny filesystem; the case is skipped where mounting is not allowed."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    UNDO.append(lambda: subprocess.run(["umount", str(path)], check=True))
+    return path
+
+
+def run_dir_read_only(ws: Path) -> list[str]:
+    return run_dir_args(ws, tmpfs(ws / "ro", "ro") / "run")
+
+
+def run_dir_full_disk(ws: Path) -> list[str]:
+    full = tmpfs(ws / "full", "size=64k")
+    with (full / "filler").open("wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(bytes(4096))
+        except OSError:
+            pass
+    return run_dir_args(ws, full / "run")
+
+
+def earlier_run(ws: Path) -> Path:
+    run = ws / "earlier"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoint.npz").write_bytes(b"the earlier run's weights")
+    (run / "config.json").write_text("{}")
+    return run
+
+
+def run_dir_in_use(ws: Path) -> list[str]:
+    from dtrain.service.train.rundir import RunDirLock
+
+    lock = RunDirLock(ws / "live").claim()  # a live run (this process) holds it
+    UNDO.append(lock.release)
+    return run_dir_args(ws, ws / "live")
+
+
+RUN_DIR_CASES = [
+    Case(
+        "run-dir-is-a-file",
+        "run dir",
+        "`--run-dir` names a regular file",
+        run_dir_is_a_file,
+        2,
+        "is a file",
+    ),
+    Case(
+        "run-dir-under-a-file",
+        "run dir",
+        "`--run-dir FILE/run`, under a regular file",
+        run_dir_under_a_file,
+        1,
+        "which is a file, not a directory",
+    ),
+    Case(
+        "run-dir-read-only",
+        "run dir",
+        "`--run-dir` on a read-only filesystem",
+        run_dir_read_only,
+        1,
+        "is on a read-only filesystem",
+    ),
+    Case(
+        "run-dir-full-disk",
+        "run dir",
+        "`--run-dir` on a full filesystem",
+        run_dir_full_disk,
+        1,
+        "no space left in run directory",
+    ),
+    Case(
+        "run-dir-holds-a-run",
+        "run dir",
+        "`--run-dir` of a finished run, without `--resume` or `--overwrite`",
+        lambda ws: run_dir_args(ws, earlier_run(ws)),
+        1,
+        "already holds a run",
+    ),
+    Case(
+        "run-dir-in-use",
+        "run dir",
+        "`--run-dir` that a live run holds",
+        run_dir_in_use,
+        1,
+        "is in use by a running dtrain (pid",
+    ),
+    Case(
+        "resume-with-another-run-dir",
+        "run dir",
+        "`--resume RUN --run-dir OTHER`",
+        lambda ws: ["train", "--resume", str(earlier_run(ws)), "--run-dir", str(ws / "other")],
+        2,
+        "but --run-dir names",
+    ),
+    Case(
+        "resume-and-overwrite",
+        "run dir",
+        "`--resume RUN --overwrite`",
+        lambda ws: ["train", "--resume", str(earlier_run(ws)), "--overwrite"],
+        2,
+        "--overwrite starts a new run, --resume continues one",
+    ),
+]
+CASES += RUN_DIR_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
@@ -1510,16 +1640,19 @@ def test_bad_input(case: Case, tmp_path: Path) -> None:
     before = snapshot(ws)
     try:
         code, output = run_case(case, args)
+        after = snapshot(ws)  # before what the case set up is undone
     finally:
         for sock in HELD:
             sock.close()
         HELD.clear()
+        while UNDO:
+            UNDO.pop()()
     assert code == case.code, output
     assert case.says in output, output
     assert "Traceback" not in output
     error_lines = [line for line in output.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1, output
-    assert snapshot(ws) == before, "a bad input changed files that were there before"
+    assert after == before, "a bad input changed files that were there before"
     assert not (ws / "run").exists() and not (ws / "out").exists()
 
 

@@ -15,7 +15,7 @@ from dtrain.service.observe.trackers import TrackerConfig
 from dtrain.service.train.config import TrainConfig
 
 # train's options that configure the command, not the run.
-COMMAND_OPTIONS = {"config", "resume_dir", "address", "as_json", "help"}
+COMMAND_OPTIONS = {"config", "resume_dir", "overwrite", "address", "as_json", "help"}
 
 
 def field_at(path: str) -> dataclasses.Field:
