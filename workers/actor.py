@@ -17,6 +17,7 @@ from dtrain.workers.core import GradStats, WorkerCore
 from dtrain.workers.device import array_module
 from dtrain.workers.model import ModelSpec
 from dtrain.workers.shards import ShardSource, read_rows, to_float
+from dtrain.workers.steplink import WorkerLink
 
 
 class Worker:
@@ -34,6 +35,7 @@ class Worker:
         exchange_dir: str | None = None,
         num_slots: int = 1,
         source: ShardSource | None = None,
+        step_timeout: float = 120.0,
     ) -> None:
         xp = array_module(device)  # fails here, in one line, on a node without CuPy or a GPU
         # Without a source, data_dir is read from here: a path on this node, or a URI.
@@ -53,10 +55,12 @@ class Worker:
 
         self.slots: list[np.ndarray] = []
         self.grads: list[np.ndarray] = []
+        self.link: WorkerLink | None = None
         if exchange_dir is not None:
             n = spec.num_params
             self.slots = exchange.open_weights(Path(exchange_dir), n, num_slots)
             self.grads = exchange.open_grads(Path(exchange_dir), rank, n, num_slots)
+            self.link = WorkerLink(Path(exchange_dir), rank, step_timeout)
 
     def ready(self) -> int:
         return self.core.num_samples
@@ -75,14 +79,24 @@ class Worker:
     ) -> tuple[np.ndarray, GradStats]:
         return self.core.compute_gradients(weights, epoch, step)
 
-    def compute_shared(
-        self, after: object, epoch: int, step: int, slot: int = 0, grad_slot: int = 0
-    ) -> GradStats:
-        """``compute_gradients`` on shared weights slot ``slot``, into gradient slot ``grad_slot``.
+    def run(self, first: int, last: int, steps_per_epoch: int) -> int:
+        """Compute steps ``first..last`` on the shared weights, each as soon as the server has
+        written the weights it reads; the server is at update ``first - 1`` when this starts.
 
-        ``after`` is the stats of the server update that wrote that weights slot: passing its
-        ref orders this task after it.
+        Step t reads the weights after update ``max(0, t - 1 - k)`` (slot ``j % (k + 1)``) and
+        writes gradient slot ``t % (k + 1)``, k the staleness: exactly the steps the per-step
+        engine ran, so the bits are the same.
         """
-        assert self.grads, "started without an exchange directory"
-        grad = self.grads[grad_slot]
-        return self.core.compute_gradients(self.slots[slot], epoch, step, grad_out=grad)[1]
+        assert self.link is not None, "started without an exchange directory"
+        k = len(self.slots) - 1
+        self.link.start(first - 1)
+        for step in range(first, last + 1):
+            epoch, s_in_epoch = divmod(step - 1, steps_per_epoch)
+            j = max(0, step - 1 - k)
+            self.link.wait_update(j)
+            grad = self.grads[step % (k + 1)]
+            stats = self.core.compute_gradients(
+                self.slots[j % (k + 1)], epoch + 1, s_in_epoch, grad_out=grad
+            )[1]
+            self.link.send(step, stats)
+        return last

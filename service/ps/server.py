@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
-from dtrain.workers import exchange
+from dtrain.workers import exchange, steplink
 from dtrain.workers.core import GradStats
 from dtrain.workers.model import ModelSpec
+from dtrain.workers.steplink import ServerLink
 
 
 @dataclass(frozen=True)
@@ -156,25 +157,38 @@ class ParameterServer:
     """Ray actor shell: unpacks ``*args`` (gradients then their stats) for ``ServerCore``.
 
     With ``exchange_dir`` set, the weights and gradients live in shared memory
-    (``workers.exchange``) and only stats travel through Ray: ``apply_shared``.
+    (``workers.exchange``) and the server runs whole segments of steps by itself (``run``),
+    told by the workers through ``workers.steplink`` when their gradients are written; the
+    driver follows from ``progress``. The actor needs ``max_concurrency=2`` for that: one
+    thread in ``run``, one answering the driver.
     """
 
     def __init__(
-        self, *, exchange_dir: str | None = None, num_workers: int = 0, **kwargs: Any
+        self,
+        *,
+        exchange_dir: str | None = None,
+        num_workers: int = 0,
+        step_timeout: float = 120.0,
+        **kwargs: Any,
     ) -> None:
         self.grads: list[list[np.ndarray]] = []
         self.slots: list[np.ndarray] = []
+        self.link: ServerLink | None = None
+        # (stats, seconds since the previous update ended) per step not yet fetched by the
+        # driver; at most a segment's worth, since the driver drains it at every boundary.
+        self.record: deque[tuple[ServerStats, float]] = deque()
         staleness = kwargs.get("staleness", 0)
         if exchange_dir is not None:
             spec = kwargs["spec"]
-            self.slots = exchange.create(
-                Path(exchange_dir), spec.num_params, num_workers, staleness + 1
-            )
+            directory = Path(exchange_dir)
+            self.slots = exchange.create(directory, spec.num_params, num_workers, staleness + 1)
+            steplink.make_fifos(directory, num_workers)
+            self.link = ServerLink(directory, num_workers, step_timeout)
             if not staleness:
                 kwargs["buffer"] = self.slots[0]  # synchronous: update the shared weights in place
             # grads[slot][rank]
             per_rank = [
-                exchange.open_grads(Path(exchange_dir), r, spec.num_params, staleness + 1)
+                exchange.open_grads(directory, r, spec.num_params, staleness + 1)
                 for r in range(num_workers)
             ]
             self.grads = [list(g) for g in zip(*per_rank, strict=True)]
@@ -187,12 +201,32 @@ class ParameterServer:
     def ready(self) -> int:
         return self.core.step
 
-    def apply_shared(self, step: int, *stats: GradStats) -> ServerStats:
-        result = self.core.apply_gradients(step, self.grads[step % len(self.grads)], list(stats))
-        if self.core.staleness:
-            # Safe to overwrite: this slot's old weights were read only by this step's workers.
-            self.slots[step % len(self.slots)][...] = self.core.params
-        return result
+    def run(self, first: int, last: int) -> int:
+        """Apply updates ``first..last`` as the workers' gradients arrive; returns the last
+        update applied (short of ``last`` only when a step was not finite)."""
+        assert self.link is not None, "started without an exchange directory"
+        before = time.perf_counter()
+        for step in range(first, last + 1):
+            stats = self.link.receive(step)
+            result = self.core.apply_gradients(step, self.grads[step % len(self.grads)], stats)
+            if result.finite and self.core.staleness:
+                # Safe to overwrite: this slot's old weights were read only by this step's
+                # workers, whose gradients are in.
+                self.slots[step % len(self.slots)][...] = self.core.params
+            now = time.perf_counter()
+            self.record.append((result, now - before))
+            before = now
+            if not result.finite:
+                return step - 1  # the driver stops the run; the workers wait for nothing more
+            self.link.publish(step)
+        return last
+
+    def progress(self) -> list[tuple[ServerStats, float]]:
+        """The steps applied since the last call, oldest first, with their wall seconds."""
+        out = []
+        while self.record:
+            out.append(self.record.popleft())
+        return out
 
     def weights_at(self, j: int) -> np.ndarray:
         return self.core.weights_at(j)

@@ -73,7 +73,12 @@ class Killer(Observer):
             actor = trainer.server
         else:
             actor = trainer.workers[len(self.killed) % len(trainer.workers)]
-        pid = ray.get(actor.pid.remote(), timeout=60)
+        try:
+            pid = ray.get(actor.pid.remote(), timeout=60)
+        except ray.exceptions.RayActorError:
+            # Already killed: the driver hears of a segment's steps together, after the kill
+            # of an earlier one among them, and the rebuild has not happened yet.
+            return
         os.kill(pid, signal.SIGKILL)
         self.killed.append(pid)
 
