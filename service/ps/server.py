@@ -12,7 +12,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from dtrain.workers import exchange, steplink
 from dtrain.workers.core import GradStats
 from dtrain.workers.model import ModelSpec
 from dtrain.workers.steplink import ServerLink
+
+if TYPE_CHECKING:
+    from dtrain.service.ps.collector import PushCollector
 
 
 @dataclass(frozen=True)
@@ -156,11 +159,12 @@ class ServerCore:
 class ParameterServer:
     """Ray actor shell: unpacks ``*args`` (gradients then their stats) for ``ServerCore``.
 
-    With ``exchange_dir`` set, the weights and gradients live in shared memory
-    (``workers.exchange``) and the server runs whole segments of steps by itself (``run``),
-    told by the workers through ``workers.steplink`` when their gradients are written; the
-    driver follows from ``progress``. The actor needs ``max_concurrency=2`` for that: one
-    thread in ``run``, one answering the driver.
+    Training runs in segments of steps that the driver starts with ``run(first, last)`` and
+    follows with ``progress``; the actor is threaded for that. With ``exchange_dir`` set, the
+    weights and gradients live in shared memory (``workers.exchange``) and ``run`` steps by
+    itself, told by the workers through ``workers.steplink`` when their gradients are written.
+    Without, the workers ``push`` their gradients and pull ``weights`` through Ray
+    (``service.ps.collector``) and ``run`` waits for the segment's last update.
     """
 
     def __init__(
@@ -193,6 +197,13 @@ class ParameterServer:
             ]
             self.grads = [list(g) for g in zip(*per_rank, strict=True)]
         self.core = ServerCore(**kwargs)
+        from dtrain.service.ps.collector import PushCollector  # it builds on ServerCore
+
+        self.collector: PushCollector | None = (
+            PushCollector(self.core, num_workers, self.record, step_timeout)
+            if exchange_dir is None and num_workers
+            else None
+        )
         if staleness and self.slots:
             core = self.core
             for j in range(max(0, core.step - staleness), core.step + 1):
@@ -204,7 +215,9 @@ class ParameterServer:
     def run(self, first: int, last: int) -> int:
         """Apply updates ``first..last`` as the workers' gradients arrive; returns the last
         update applied (short of ``last`` only when a step was not finite)."""
-        assert self.link is not None, "started without an exchange directory"
+        if self.collector is not None:
+            return self.collector.wait_until(first, last)
+        assert self.link is not None, "started without an exchange directory or workers"
         before = time.perf_counter()
         for step in range(first, last + 1):
             stats = self.link.receive(step)
@@ -228,8 +241,17 @@ class ParameterServer:
             out.append(self.record.popleft())
         return out
 
-    def weights_at(self, j: int) -> np.ndarray:
-        return self.core.weights_at(j)
+    def push(self, step: int, rank: int, grad: np.ndarray, stats: GradStats) -> None:
+        assert self.collector is not None, "started with an exchange directory"
+        self.collector.push(step, rank, grad, stats)
+
+    def weights(self, j: int) -> np.ndarray | None:
+        """The weights after update ``j``, once applied (None: a step failed, stop)."""
+        assert self.collector is not None, "started with an exchange directory"
+        return self.collector.weights(j)
+
+    def applied(self) -> int:
+        return self.core.step
 
     def get_weights(self) -> np.ndarray:
         return self.core.params

@@ -64,21 +64,15 @@ class ActorGroup:
     def start(self, snapshot: Snapshot) -> None:
         c = self.config
         self.exchange_dir = exchange.new_exchange_dir() if self.shared_memory else None
-        shared = (
-            {
-                "exchange_dir": str(self.exchange_dir),
-                "num_workers": c.num_workers,
-                "step_timeout": c.step_timeout_seconds,
-            }
-            if self.exchange_dir is not None
-            else {}
-        )
+        shared = self.exchange_dir is not None
+        # Threads: with shared memory one runs the segment, one answers the driver; through
+        # Ray, every worker's blocking weights() call and its push need one as well.
+        threads = 2 if shared else 2 * c.num_workers + 4
         self.server = (
             ray.remote(ParameterServer)
             # The server's state cannot be rebuilt by re-running its constructor, so Ray must
             # not restart it: recovery does, from the last snapshot.
-            # Two threads with shared memory: one runs the segment, one answers the driver.
-            .options(num_cpus=0, max_restarts=0, max_concurrency=2 if shared else 1)
+            .options(num_cpus=0, max_restarts=0, max_concurrency=threads)
             .remote(
                 spec=c.model,
                 optimizer=c.optimizer,
@@ -88,7 +82,9 @@ class ActorGroup:
                 history=snapshot.history,
                 step=snapshot.progress.step,
                 total_steps=self.total_steps,
-                **shared,
+                exchange_dir=self.exchange_dir and str(self.exchange_dir),
+                num_workers=c.num_workers,
+                step_timeout=c.step_timeout_seconds,
             )
         )
         if shared:  # the server creates the shared files, which the workers then open
@@ -103,13 +99,14 @@ class ActorGroup:
         if shared:
             # A worker runs whole segments in step with the server through pipes: a restarted
             # one could not rejoin mid-segment, so a death ends the segment (ActorLost) and
-            # recovery rebuilds every actor from the last snapshot. The second thread answers
-            # pid() and node_id() while a segment runs.
-            base.update(max_restarts=0, max_task_retries=0, max_concurrency=2)
+            # recovery rebuilds every actor from the last snapshot.
+            base.update(max_restarts=0, max_task_retries=0)
         else:
-            # A worker's constructor reloads the same rows, and a step is deterministic, so Ray
-            # may restart a dead worker and re-run its in-flight steps without changing a bit.
+            # A worker's constructor reloads the same rows, a step is deterministic and the
+            # server drops pushes it has applied, so Ray may restart a dead worker and re-run
+            # its segment from the server's current step without changing a bit.
             base.update(max_restarts=c.max_restarts, max_task_retries=c.max_restarts)
+        base["max_concurrency"] = 2  # pid() and node_id() answer while a segment runs
         num_gpu = self.num_gpu_workers
         self.workers = [
             worker_cls.options(**base, **({"num_gpus": 1} if rank < num_gpu else {})).remote(
@@ -151,6 +148,10 @@ class ActorGroup:
             raise ActorLost(f"an actor died during {what} ({first_line(e)})") from e
         except RayTaskError as e:
             cause = e.cause if isinstance(e.cause, Exception) else e
+            if isinstance(cause, RayActorError):
+                raise ActorLost(f"an actor died during {what} ({first_line(cause)})") from e
+            while isinstance(cause, RayTaskError) and isinstance(cause.cause, Exception):
+                cause = cause.cause  # a worker's call to the server failed inside its task
             if isinstance(cause, RayActorError):
                 raise ActorLost(f"an actor died during {what} ({first_line(cause)})") from e
             if isinstance(cause, PeerTimeout):  # a peer in the segment died or stopped

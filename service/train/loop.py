@@ -1,15 +1,14 @@
-"""The step loop: runs the steps on the actors and follows their stats, from the driver.
+"""The step loop: the driver starts segments of steps on the actors and follows their stats.
 
-Two engines, picked by where the arrays live:
+The driver starts a *segment* with one ``run(first, last)`` call per actor; inside it the
+server and the workers step by themselves, and the driver only follows the server's progress
+record every ``POLL_SECONDS``. A segment ends where the driver has work: a checkpoint, an
+epoch's end (evaluation), the last step. No Ray task and no driver work per step:
 
-- Shared memory (one node): the driver starts *segments*, one ``run(first, last)`` call per
-  actor; inside a segment the server and the workers step by themselves, signalling through
-  pipes (``workers.steplink``), and the driver only follows the server's progress record every
-  ``POLL_SECONDS``. A segment ends where the driver has work: a checkpoint, an epoch's end
-  (evaluation), the last step. No Ray task and no driver work per step.
-- Object store (several nodes): per step the driver *submits* work: the weights ref returned by
-  the server's previous update goes to every worker, the workers' gradient refs go straight to
-  the server; the driver waits on the small per-step stats, ``pipeline_depth`` steps behind.
+- shared memory (one node): the arrays stay in /dev/shm and the two per-step facts ("weights
+  after update j written", "gradient t written") go through pipes (``workers.steplink``);
+- through Ray (several nodes): each worker pulls the weights from the server actor and pushes
+  its gradient to it (``service.ps.collector``).
 
 Faults are not handled here: they surface as ``ActorLost`` from the ``ActorGroup`` and
 ``Trainer`` rebuilds from ``latest``.
@@ -18,7 +17,6 @@ Faults are not handled here: they surface as ``ActorLost`` from the ``ActorGroup
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -58,16 +56,12 @@ class StepLoop:
         self.checkpointer = checkpointer
         self.evaluate = evaluate
         self.progress = Progress()
-        self.last_done = 0.0
 
     def run(self, start: Snapshot, on_snapshot: Callable[[Snapshot], None]) -> Snapshot:
         """Train to the end; ``on_snapshot`` hears of every whole snapshot written on the way."""
         c, server = self.config, self.group.server
         self.progress = start.progress.copy()
-        if self.group.exchange_dir is not None:
-            self._run_segments(on_snapshot)
-        else:
-            self._run_tasks(on_snapshot)
+        self._run_segments(on_snapshot)
         state = self.group.get(server.state.remote(), c.step_timeout_seconds, "fetching weights")
         history = state["history"]
         return Snapshot(
@@ -91,12 +85,14 @@ class StepLoop:
 
     def _run_segments(self, on_snapshot: Callable[[Snapshot], None]) -> None:
         c, server, workers = self.config, self.group.server, self.group.workers
+        # Through Ray (no shared memory) the workers call the server themselves.
+        direct = server if self.group.exchange_dir is None else None
         step = self.progress.step
         while step < self.total_steps:
             last = self._segment_end(step + 1)
             refs = [
                 server.run.remote(step + 1, last),
-                *[w.run.remote(step + 1, last, self.spe) for w in workers],
+                *[w.run.remote(step + 1, last, self.spe, direct) for w in workers],
             ]
             self._follow(refs)
             step = last
@@ -125,55 +121,6 @@ class StepLoop:
                 moved = now
             elif now - moved > c.step_timeout_seconds:
                 raise ActorLost(f"{what} did not finish within {c.step_timeout_seconds:g}s")
-
-    def _run_tasks(self, on_snapshot: Callable[[Snapshot], None]) -> None:
-        c, server, workers = self.config, self.group.server, self.group.workers
-        # ready[j]: a ref to the weights after update j. Step t computes on the weights after
-        # update max(0, t - 1 - staleness).
-        k = c.staleness
-        first = self.progress.step
-        ready = {j: server.weights_at.remote(j) for j in range(max(0, first - k), first + 1)}
-        # (stats ref, state ref or None) per submitted step, oldest first
-        pending: deque[tuple[Any, Any]] = deque()
-        self.last_done = time.perf_counter()
-        step = first
-        while step < self.total_steps:
-            step += 1
-            epoch, s_in_epoch = divmod(step - 1, self.spe)
-            epoch += 1
-            j = max(0, step - 1 - k)
-            outs = [
-                w.compute_gradients.options(num_returns=2).remote(ready[j], epoch, s_in_epoch)
-                for w in workers
-            ]
-            ready[step], stats_ref = server.apply_gradients.options(num_returns=2).remote(
-                step, *[g for g, _ in outs], *[st for _, st in outs]
-            )
-            ready.pop(step - k - 1, None)  # no later step reads those weights
-            wants_ckpt = c.checkpoint_every and step % c.checkpoint_every == 0
-            state_ref = server.state.remote() if wants_ckpt and step < self.total_steps else None
-            pending.append((stats_ref, state_ref))
-            while pending and (
-                len(pending) > c.pipeline_depth
-                or s_in_epoch == self.spe - 1
-                or step == self.total_steps
-            ):
-                self._consume(*pending.popleft(), on_snapshot)
-            if s_in_epoch == self.spe - 1 or step == self.total_steps:
-                self._end_epoch(epoch, ready[step])
-                self.last_done = time.perf_counter()
-
-    def _consume(
-        self, stats_ref: Any, state_ref: Any, on_snapshot: Callable[[Snapshot], None]
-    ) -> None:
-        what = f"step {self.progress.step + 1}"
-        s: ServerStats = self.group.get(stats_ref, self.config.step_timeout_seconds, what)
-        now = time.perf_counter()
-        self._record(s, now - self.last_done)
-        self.last_done = now
-        if state_ref is not None:
-            self._checkpoint(state_ref, on_snapshot)
-            self.last_done = time.perf_counter()
 
     def _record(self, s: ServerStats, seconds: float) -> None:
         """One applied step into the progress and to the observers."""

@@ -101,6 +101,18 @@ def test_killed_workers_are_restarted_and_the_weights_are_bitwise_equal(
     np.testing.assert_array_equal(final_weights(tmp_path), reference)
 
 
+def test_through_ray_killed_workers_are_restarted_by_ray_and_rejoin_with_the_same_bits(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
+) -> None:
+    """Without shared memory Ray restarts a killed worker, whose segment re-runs from the
+    server's current step: no rebuild, and the bits of the uninterrupted run."""
+    cfg = config(prepared_mnist, tmp_path, exchange="object-store")
+    _, killer = run_with_killer(cfg, {12, 31}, "worker")
+    assert len(killer.killed) == 2
+    assert checkpoint.load(tmp_path / "checkpoint.npz").meta["progress"]["restarts"] == 0
+    np.testing.assert_array_equal(final_weights(tmp_path), reference)
+
+
 def test_killed_server_is_rebuilt_from_the_last_checkpoint(
     prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
 ) -> None:
