@@ -81,8 +81,6 @@ class TrainConfig:
             min_open=True,
         ),
     )
-    # Steps the driver submits ahead of the one it waits for: hides the driver's own latency.
-    pipeline_depth: int = 2
     # Steps between checkpoints of the server's full state (0: only the final one).
     checkpoint_every: int = field(
         default=200,
@@ -158,7 +156,6 @@ class TrainConfig:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "num_workers": self.num_workers,
-            "pipeline_depth": self.pipeline_depth,
         }
         for name, value in positive.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -204,6 +201,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Inverse of ``to_dict`` (a run's config.json); unknown keys are an error."""
         d = dict(d)
+        # Written by runs from before the step engine, which has no per-step submission to
+        # pipeline: their directories still resume.
+        d.pop("pipeline_depth", None)
         d["model"] = ModelSpec(**{**d.get("model", {})})
         d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
         return cls(**d)
