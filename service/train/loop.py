@@ -95,6 +95,8 @@ class StepLoop:
                 *[w.run.remote(step + 1, last, self.spe, direct) for w in workers],
             ]
             self._follow(refs)
+            if self.progress.step != last:  # every actor returned, yet steps are missing
+                raise DtrainError(f"the segment to step {last} ended at step {self.progress.step}")
             step = last
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < self.total_steps:
                 self._checkpoint(server.state.remote(), on_snapshot)
