@@ -95,17 +95,14 @@ class WorkerLink:
                 if not more:
                     break
                 data = more
-            (self.known,) = TOKEN.unpack(data[-TOKEN.size :])
+            # max: tokens left over from an earlier segment may be older than ``start``'s.
+            self.known = max(self.known, TOKEN.unpack(data[-TOKEN.size :])[0])
 
     def send(self, step: int, stats: GradStats) -> None:
         record = RECORD.pack(
             step, stats.loss_sum, stats.correct, stats.count, stats.compute_seconds
         )
         os.write(self._grads, record)
-
-    def close(self) -> None:
-        os.close(self._tokens)
-        os.close(self._grads)
 
 
 class ServerLink:
@@ -134,7 +131,3 @@ class ServerLink:
         token = TOKEN.pack(step)
         for fd in self._tokens:
             os.write(fd, token)
-
-    def close(self) -> None:
-        for fd in [*self._grads, *self._tokens]:
-            os.close(fd)
