@@ -26,6 +26,19 @@ def parse_optional_counts(
     return None if value is None else parse_counts(ctx, param, value)
 
 
+def parse_staleness(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
+    """ "0,1" -> (0, 1): integers >= 0 (0 is synchronous), comma-separated, at least one."""
+    try:
+        values = tuple(int(part) for part in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of integers", ctx, param
+        ) from None
+    if any(v < 0 for v in values):
+        raise click.BadParameter(f"{value!r}: staleness values are >= 0", ctx, param)
+    return values
+
+
 # Shared with benchmarks/simulate.py, which runs only the simulation.
 sim_workers_option = click.option(
     "--sim-workers",
@@ -51,6 +64,14 @@ sim_workers_option = click.option(
     show_default=True,
     callback=parse_counts,
     help="Comma-separated worker counts for the dtrain (sync) runs.",
+)
+@click.option(
+    "--staleness",
+    default="0,1",
+    show_default=True,
+    callback=parse_staleness,
+    help="Comma-separated staleness values for the dtrain runs (0: synchronous); one run per "
+    "value at every batch size and worker count.",
 )
 @click.option(
     "--steps",

@@ -13,10 +13,11 @@ from typing import Any
 import numpy as np
 
 from dtrain.workers import exchange
-from dtrain.workers.core import GradStats, WorkerCore, ignore_float_overflow
+from dtrain.workers.core import WorkerCore, ignore_float_overflow
 from dtrain.workers.device import array_module
 from dtrain.workers.model import ModelSpec
 from dtrain.workers.shards import ShardSource, read_rows, to_float
+from dtrain.workers.steplink import WorkerLink
 
 
 class Worker:
@@ -34,6 +35,7 @@ class Worker:
         exchange_dir: str | None = None,
         num_slots: int = 1,
         source: ShardSource | None = None,
+        step_timeout: float = 120.0,
     ) -> None:
         ignore_float_overflow()
         xp = array_module(device)  # fails here, in one line, on a node without CuPy or a GPU
@@ -54,10 +56,13 @@ class Worker:
 
         self.slots: list[np.ndarray] = []
         self.grads: list[np.ndarray] = []
+        self.link: WorkerLink | None = None
+        self.num_slots = num_slots  # staleness + 1
         if exchange_dir is not None:
             n = spec.num_params
             self.slots = exchange.open_weights(Path(exchange_dir), n, num_slots)
             self.grads = exchange.open_grads(Path(exchange_dir), rank, n, num_slots)
+            self.link = WorkerLink(Path(exchange_dir), rank, step_timeout)
 
     def ready(self) -> int:
         return self.core.num_samples
@@ -71,19 +76,42 @@ class Worker:
 
         return ray.get_runtime_context().get_node_id()
 
-    def compute_gradients(
-        self, weights: np.ndarray, epoch: int, step: int
-    ) -> tuple[np.ndarray, GradStats]:
-        return self.core.compute_gradients(weights, epoch, step)
+    def run(self, first: int, last: int, steps_per_epoch: int, server: Any = None) -> int:
+        """Compute steps ``first..last``, each as soon as the server has the weights it reads;
+        the server is at update ``first - 1`` when the segment starts.
 
-    def compute_shared(
-        self, after: object, epoch: int, step: int, slot: int = 0, grad_slot: int = 0
-    ) -> GradStats:
-        """``compute_gradients`` on shared weights slot ``slot``, into gradient slot ``grad_slot``.
-
-        ``after`` is the stats of the server update that wrote that weights slot: passing its
-        ref orders this task after it.
+        Step t reads the weights after update ``j = max(0, t - 1 - k)``, k the staleness:
+        exactly the steps of a run without segments, so the bits are the same. With shared
+        memory those weights are slot ``j % (k + 1)`` and the gradient goes to slot
+        ``t % (k + 1)``; else, the worker pulls them from ``server`` (the server actor's
+        handle) and pushes the gradient to it, through Ray.
         """
-        assert self.grads, "started without an exchange directory"
-        grad = self.grads[grad_slot]
-        return self.core.compute_gradients(self.slots[slot], epoch, step, grad_out=grad)[1]
+        k = self.num_slots - 1
+        if self.link is None:
+            return self._run_pushing(server, first, last, steps_per_epoch, k)
+        self.link.start(first - 1)
+        for step in range(first, last + 1):
+            epoch, s_in_epoch = divmod(step - 1, steps_per_epoch)
+            j = max(0, step - 1 - k)
+            self.link.wait_update(j)
+            grad = self.grads[step % (k + 1)]
+            stats = self.core.compute_gradients(
+                self.slots[j % (k + 1)], epoch + 1, s_in_epoch, grad_out=grad
+            )[1]
+            self.link.send(step, stats)
+        return last
+
+    def _run_pushing(self, server: Any, first: int, last: int, spe: int, k: int) -> int:
+        import ray
+
+        # After a restart by Ray the segment re-runs: skip the steps the server has applied.
+        applied = ray.get(server.applied.remote())
+        for step in range(max(first, applied + 1), last + 1):
+            epoch, s_in_epoch = divmod(step - 1, spe)
+            weights = ray.get(server.weights.remote(max(0, step - 1 - k)))
+            if weights is None:  # a step was not finite: the driver stops the run
+                return step - 1
+            grad, stats = self.core.compute_gradients(weights, epoch + 1, s_in_epoch)
+            # Arguments are serialized here, so the gradient buffer may be reused at once.
+            server.push.remote(step, self.core.rank, grad, stats)
+        return last

@@ -52,6 +52,8 @@ from dtrain.workers.shards import shard_format
 Progress = Callable[[str], None]
 # (measured steps, steps per epoch) of each batch size.
 Plans = dict[int, tuple[int, int]]
+# dtrain's runs by (batch size, workers, staleness).
+Runs = dict[tuple[int, int, int], DtrainRun]
 
 
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
@@ -91,20 +93,21 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport
 
 def _on_ray(
     cfg: BenchConfig, plans: Plans, say: Progress
-) -> tuple[dict[tuple[int, int], DtrainRun], list[Probe], dict[str, Any] | None]:
+) -> tuple[Runs, list[Probe], dict[str, Any] | None]:
     """The dtrain runs, the probes and the simulation: everything that needs Ray."""
     from dtrain.service.train.session import ray_session
 
     warm = cfg.warmup_steps
-    runs: dict[tuple[int, int], DtrainRun] = {}
+    runs: Runs = {}
     probes: list[Probe] = []
     simulation = None
     num_cpus = max(os.cpu_count() or 1, max(cfg.workers, default=1))
     with ray_session(None, num_cpus), tempfile.TemporaryDirectory(prefix="dtrain-bench-") as tmp:
         for batch, (steps, _) in plans.items():
             for w in cfg.workers:
-                say(f"dtrain: batch {batch}, {w} workers, {warm} + {steps} steps")
-                runs[(batch, w)] = dtrain_run(cfg, batch, w, warm + steps, Path(tmp))
+                for k in cfg.staleness:
+                    say(f"dtrain: batch {batch}, {w} workers, staleness {k}, {warm}+{steps} steps")
+                    runs[(batch, w, k)] = dtrain_run(cfg, batch, w, warm + steps, Path(tmp), k)
         if cfg.probe:
             for w in cfg.workers:
                 say(f"probe: {w} fake workers, full and tiny payload")
@@ -127,7 +130,7 @@ def _on_ray(
 def _rows(
     cfg: BenchConfig,
     plans: Plans,
-    runs: dict[tuple[int, int], DtrainRun],
+    runs: Runs,
     torch: Any,
     say: Progress,
 ) -> tuple[list[Row], list[Breakdown]]:
@@ -157,9 +160,12 @@ def _rows(
             timed = torch_loop(torch, loop, threads)
             rows.append(make_row("torch", batch, 1, timed, warm, spe))
         for w in cfg.workers:
-            run = runs[(batch, w)]
-            rows.append(make_row("dtrain", batch, w, run.timed, warm, run.steps_per_epoch))
-            breakdown.append(make_breakdown(run, batch, w, warm, plain.params))
+            for k in cfg.staleness:
+                run = runs[(batch, w, k)]
+                row = make_row("dtrain", batch, w, run.timed, warm, run.steps_per_epoch)
+                row.staleness = k
+                rows.append(row)
+                breakdown.append(make_breakdown(run, batch, w, warm, plain.params))
     return rows, breakdown
 
 

@@ -30,6 +30,8 @@ class BenchConfig:
     data_dir: Path
     batch_sizes: tuple[int, ...] = (128, 512)
     workers: tuple[int, ...] = (1, 2)
+    # dtrain's bounded staleness: a run per value at every batch size and worker count.
+    staleness: tuple[int, ...] = (0, 1)
     steps: int | None = None  # measured steps per variant; None: one epoch at each batch size
     warmup_steps: int = DEFAULT_WARMUP_STEPS
     use_torch: bool | None = None  # None: when torch is importable
@@ -52,6 +54,9 @@ class BenchConfig:
             object.__setattr__(self, name, values)
             if any(v < 1 for v in values):
                 raise ValueError(f"{name} must all be >= 1, got {list(values)}")
+        object.__setattr__(self, "staleness", tuple(self.staleness))
+        if not self.staleness or any(k < 0 for k in self.staleness):
+            raise ValueError(f"staleness must name values >= 0, got {list(self.staleness)}")
         if not self.batch_sizes:
             raise ValueError("batch_sizes must name at least one batch size")
         if self.steps is not None and self.steps < 1:

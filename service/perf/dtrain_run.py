@@ -12,6 +12,7 @@ from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 from dtrain.service.perf.config import BenchConfig
+from dtrain.service.perf.cpu import CpuShare
 from dtrain.service.perf.memory import JobMemory
 from dtrain.service.perf.variants import Timed
 from dtrain.service.train import checkpoint
@@ -22,12 +23,16 @@ TINY_SPEC = ModelSpec(input_size=2, hidden_sizes=(), num_classes=2)
 
 
 class StepRecorder(Observer):
-    """Keeps every ``StepStats`` and samples the job's memory at the last step and the end."""
+    """Keeps every ``StepStats``, samples the job's memory at the last step and the end, and
+    the CPU time of the driver and the actors over the measured steps (after ``warmup``)."""
 
-    def __init__(self, last_step: int) -> None:
+    def __init__(self, last_step: int, warmup: int = 0) -> None:
         self.last_step = last_step
+        self.warmup = warmup
         self.steps: list[StepStats] = []
         self.memory = JobMemory()
+        self.cpu = CpuShare(self.memory)
+        self._measuring = False
         self.info: JobInfo | None = None
         self.epochs: list[EpochStats] = []
 
@@ -37,9 +42,13 @@ class StepRecorder(Observer):
 
     def on_step(self, stats: StepStats) -> None:
         self.steps.append(stats)
+        if stats.step > self.warmup and not self._measuring:
+            self._measuring = True
+            self.cpu.first()
         # Actors are alive until the driver kills them after the last step; VmHWM only grows.
         if stats.step >= self.last_step:
             self.memory.sample_actors()
+            self.cpu.last()
 
     def on_epoch(self, stats: EpochStats) -> None:
         self.epochs.append(stats)
@@ -54,10 +63,17 @@ class DtrainRun:
     steps: list[StepStats]
     steps_per_epoch: int
     memory: JobMemory
+    staleness: int = 0
+    driver_cpu_ratio: float | None = None
 
 
 def dtrain_run(
-    cfg: BenchConfig, batch: int, workers: int, total_steps: int, run_root: Path
+    cfg: BenchConfig,
+    batch: int,
+    workers: int,
+    total_steps: int,
+    run_root: Path,
+    staleness: int = 0,
 ) -> DtrainRun:
     from dtrain.service.train.config import TrainConfig
     from dtrain.service.train.trainer import Trainer
@@ -66,7 +82,7 @@ def dtrain_run(
     epochs = math.ceil(total_steps / math.ceil(n_train / batch)) + 1  # enough; max_steps stops it
     config = TrainConfig(
         data_dir=cfg.data_dir,
-        run_dir=run_root / f"dtrain-b{batch}-w{workers}",
+        run_dir=run_root / f"dtrain-b{batch}-w{workers}-s{staleness}",
         epochs=epochs,
         batch_size=batch,
         num_workers=workers,
@@ -77,8 +93,9 @@ def dtrain_run(
         eval_every_epoch=False,
         exchange=cfg.exchange,
         device=cfg.device,
+        staleness=staleness,
     )
-    recorder = StepRecorder(total_steps)
+    recorder = StepRecorder(total_steps, cfg.warmup_steps)
     summary = Trainer(config, [recorder]).run()
     params = checkpoint.load(Path(summary.checkpoint)).params
     if len(recorder.steps) != total_steps or recorder.info is None:
@@ -87,7 +104,14 @@ def dtrain_run(
             "the bench cannot time it"
         )
     timed = Timed([s.step_seconds for s in recorder.steps], params, summary.test_accuracy)
-    return DtrainRun(timed, recorder.steps, recorder.info.steps_per_epoch, recorder.memory)
+    return DtrainRun(
+        timed,
+        recorder.steps,
+        recorder.info.steps_per_epoch,
+        recorder.memory,
+        staleness,
+        recorder.cpu.driver_ratio,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

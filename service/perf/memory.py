@@ -83,6 +83,10 @@ class JobMemory:
         self.driver: int | None = None
         self.driver_reset = False
 
+    def actor_pids(self) -> list[int]:
+        """The run's actor processes (not those there before ``start``)."""
+        return [pid for pid in self._actor_pids() if pid not in self._before]
+
     def _actor_pids(self) -> dict[int, str]:
         if not PROC.is_dir():
             return {}

@@ -48,6 +48,7 @@ ROW_KEYS = frozenset(
         "ratio_to_numpy",
         "test_accuracy",
         "gflop_per_second",
+        "staleness",
     }
 )
 
@@ -124,12 +125,13 @@ def format_report(report: BenchReport) -> str:
         f"{report.machine['numpy']} ({report.machine['blas']}), ray {report.machine['ray']}, "
         f"torch {report.machine['torch'] or 'not used'}",
         "",
-        f"{'variant':<13}{'batch':>6}{'workers':>8}{'steps':>7}{'s/epoch':>9}{'samples/s':>11}"
-        f"{'x numpy':>9}{'test acc':>10}",
+        f"{'variant':<13}{'batch':>6}{'workers':>8}{'stale':>6}{'steps':>7}{'s/epoch':>9}"
+        f"{'samples/s':>11}{'x numpy':>9}{'test acc':>10}",
     ]
     for r in report.rows:
         lines.append(
             f"{VARIANT_NAMES[r.variant]:<13}{r.batch_size:>6}{_fmt(r.workers, 'd'):>8}"
+            f"{_fmt(r.staleness, 'd'):>6}"
             f"{r.steps:>7}{r.epoch_seconds:>9.3f}{r.samples_per_second:>11,.0f}"
             f"{_fmt(r.ratio_to_numpy, '.2f'):>9}{_fmt(r.test_accuracy, '.4f'):>10}"
         )
@@ -137,20 +139,24 @@ def format_report(report: BenchReport) -> str:
         lines += [
             "",
             "dtrain per step, ms (mean over the measured steps)",
-            f"{'batch':>6}{'workers':>8}{'step':>8}{'compute':>9}{'sum':>7}{'update':>8}"
-            f"{'overhead':>10}{'transfer':>10}{'sched.':>8}{'peak RSS GiB':>14}",
+            f"{'batch':>6}{'workers':>8}{'stale':>6}{'step':>8}{'compute':>9}{'sum':>7}"
+            f"{'update':>8}{'overhead':>10}{'transfer':>10}{'sched.':>8}{'peak RSS GiB':>14}"
+            f"{'driver CPU':>12}",
         ]
         for b in report.breakdown:
+            cpu = None if b.driver_cpu_ratio is None else b.driver_cpu_ratio * 100
             lines.append(
-                f"{b.batch_size:>6}{b.workers:>8}{b.step_seconds * 1e3:>8.2f}"
+                f"{b.batch_size:>6}{b.workers:>8}{b.staleness:>6}{b.step_seconds * 1e3:>8.2f}"
                 f"{b.worker_compute_seconds * 1e3:>9.2f}{b.aggregate_seconds * 1e3:>7.2f}"
                 f"{b.update_seconds * 1e3:>8.2f}{b.overhead_seconds * 1e3:>10.2f}"
                 f"{_ms(b.transfer_seconds):>10}{_ms(b.scheduling_seconds):>8}"
-                f"{_fmt(b.peak_rss_gib, '.2f'):>14}"
+                f"{_fmt(b.peak_rss_gib, '.2f'):>14}{_fmt(cpu, '.1f'):>11}%"
             )
         lines.append(
-            "overhead = step - compute - sum - update; transfer = its payload part, from a "
-            "zero-compute probe (full vs 6-float gradients); sched. = the rest"
+            "overhead = step - compute - sum - update (negative with staleness: they overlap); "
+            "transfer = its payload part, from a zero-compute probe (full vs 6-float "
+            "gradients); sched. = the rest; driver CPU = the driver's share of the job's CPU "
+            "seconds over the measured steps"
         )
     if report.probes:
         lines += ["", "zero-compute probe (fake workers, real ParameterServer), ms per step"]

@@ -27,6 +27,8 @@ class Row:
     ratio_to_numpy: float | None = None
     test_accuracy: float | None = None
     gflop_per_second: float | None = None
+    # dtrain's bounded staleness (0: synchronous); None for the single-process loops.
+    staleness: int | None = None
 
 
 def make_row(
@@ -61,6 +63,7 @@ class Breakdown:
 
     batch_size: int
     workers: int
+    staleness: int
     step_seconds: float
     worker_compute_seconds: float  # the slowest worker's forward and backward
     aggregate_seconds: float  # the server summing and averaging the gradients
@@ -70,6 +73,9 @@ class Breakdown:
     scheduling_seconds: float | None  # the overhead less the transfer
     peak_rss_bytes: int | None
     peak_rss_gib: float | None
+    # The driver's CPU seconds over those of the driver and the actors, during the measured
+    # steps (None when they were too short to tell).
+    driver_cpu_ratio: float | None
     processes: list[dict[str, Any]]
     # 1 worker only: the same batches, schedule and arithmetic as the numpy loop, so the final
     # weights differ only by the rounding of sgemm run with Ray's 1 BLAS thread (OMP_NUM_THREADS=1
@@ -88,11 +94,13 @@ def make_breakdown(
     update = statistics.fmean(s.update_seconds for s in measured)
     total = run.memory.total_bytes
     diff = None
-    if workers == 1 and numpy_params is not None and run.timed.params is not None:
+    same_batches = workers == 1 and not run.staleness  # staleness changes the weights
+    if same_batches and numpy_params is not None and run.timed.params is not None:
         diff = float(np.abs(run.timed.params - numpy_params).max())
     return Breakdown(
         batch_size=batch,
         workers=workers,
+        staleness=run.staleness,
         step_seconds=step,
         worker_compute_seconds=compute,
         aggregate_seconds=aggregate,
@@ -102,14 +110,23 @@ def make_breakdown(
         scheduling_seconds=None,
         peak_rss_bytes=total,
         peak_rss_gib=total / 1024**3 if total is not None else None,
+        driver_cpu_ratio=run.driver_cpu_ratio,
         processes=run.memory.processes(),
         max_weight_difference_to_numpy=diff,
     )
 
 
-def find_row(rows: Sequence[Row], variant: str, batch: int, workers: int | None) -> Row | None:
+def find_row(
+    rows: Sequence[Row], variant: str, batch: int, workers: int | None, staleness: int = 0
+) -> Row | None:
+    """The row of a variant; the loops, synchronous by nature, count as staleness 0."""
     for r in rows:
-        if r.variant == variant and r.batch_size == batch and r.workers == workers:
+        if (
+            r.variant == variant
+            and r.batch_size == batch
+            and r.workers == workers
+            and (r.staleness or 0) == staleness
+        ):
             return r
     return None
 

@@ -28,7 +28,7 @@ ServerKind = Literal["ps", "sharded"]
 FLOAT32_BYTES = 4
 # Small random gradients keep the simulated weights finite over thousands of steps.
 FAKE_GRAD_SCALE = 1e-3
-# The driver's default (TrainConfig.pipeline_depth): steps submitted ahead of the one awaited.
+# Steps the simulated driver submits ahead of the one it awaits (the per-step design's default).
 PIPELINE_DEPTH = 2
 # A simulated step that takes this long means a lost actor, not a slow one.
 SIM_TIMEOUT_SECONDS = 120.0

@@ -12,14 +12,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
-from dtrain.workers import exchange
+from dtrain.workers import exchange, steplink
 from dtrain.workers.core import GradStats, ignore_float_overflow
 from dtrain.workers.model import ModelSpec
+from dtrain.workers.steplink import ServerLink
+
+if TYPE_CHECKING:
+    from dtrain.service.ps.collector import PushCollector
 
 
 @dataclass(frozen=True)
@@ -155,31 +159,52 @@ class ServerCore:
 class ParameterServer:
     """Ray actor shell: unpacks ``*args`` (gradients then their stats) for ``ServerCore``.
 
-    With ``exchange_dir`` set, the weights and gradients live in shared memory
-    (``workers.exchange``) and only stats travel through Ray: ``apply_shared``.
+    Training runs in segments of steps that the driver starts with ``run(first, last)`` and
+    follows with ``progress``; the actor is threaded for that. With ``exchange_dir`` set, the
+    weights and gradients live in shared memory (``workers.exchange``) and ``run`` steps by
+    itself, told by the workers through ``workers.steplink`` when their gradients are written.
+    Without, the workers ``push`` their gradients and pull ``weights`` through Ray
+    (``service.ps.collector``) and ``run`` waits for the segment's last update.
     """
 
     def __init__(
-        self, *, exchange_dir: str | None = None, num_workers: int = 0, **kwargs: Any
+        self,
+        *,
+        exchange_dir: str | None = None,
+        num_workers: int = 0,
+        step_timeout: float = 120.0,
+        **kwargs: Any,
     ) -> None:
         ignore_float_overflow()
         self.grads: list[list[np.ndarray]] = []
         self.slots: list[np.ndarray] = []
+        self.link: ServerLink | None = None
+        # (stats, seconds since the previous update ended) per step not yet fetched by the
+        # driver; at most a segment's worth, since the driver drains it at every boundary.
+        self.record: deque[tuple[ServerStats, float]] = deque()
         staleness = kwargs.get("staleness", 0)
         if exchange_dir is not None:
             spec = kwargs["spec"]
-            self.slots = exchange.create(
-                Path(exchange_dir), spec.num_params, num_workers, staleness + 1
-            )
+            directory = Path(exchange_dir)
+            self.slots = exchange.create(directory, spec.num_params, num_workers, staleness + 1)
+            steplink.make_fifos(directory, num_workers)
+            self.link = ServerLink(directory, num_workers, step_timeout)
             if not staleness:
                 kwargs["buffer"] = self.slots[0]  # synchronous: update the shared weights in place
             # grads[slot][rank]
             per_rank = [
-                exchange.open_grads(Path(exchange_dir), r, spec.num_params, staleness + 1)
+                exchange.open_grads(directory, r, spec.num_params, staleness + 1)
                 for r in range(num_workers)
             ]
             self.grads = [list(g) for g in zip(*per_rank, strict=True)]
         self.core = ServerCore(**kwargs)
+        from dtrain.service.ps.collector import PushCollector  # it builds on ServerCore
+
+        self.collector: PushCollector | None = (
+            PushCollector(self.core, num_workers, self.record, step_timeout)
+            if exchange_dir is None and num_workers
+            else None
+        )
         if staleness and self.slots:
             core = self.core
             for j in range(max(0, core.step - staleness), core.step + 1):
@@ -188,15 +213,46 @@ class ParameterServer:
     def ready(self) -> int:
         return self.core.step
 
-    def apply_shared(self, step: int, *stats: GradStats) -> ServerStats:
-        result = self.core.apply_gradients(step, self.grads[step % len(self.grads)], list(stats))
-        if self.core.staleness:
-            # Safe to overwrite: this slot's old weights were read only by this step's workers.
-            self.slots[step % len(self.slots)][...] = self.core.params
-        return result
+    def run(self, first: int, last: int) -> int:
+        """Apply updates ``first..last`` as the workers' gradients arrive; returns the last
+        update applied (short of ``last`` only when a step was not finite)."""
+        if self.collector is not None:
+            return self.collector.wait_until(first, last)
+        assert self.link is not None, "started without an exchange directory or workers"
+        before = time.perf_counter()
+        for step in range(first, last + 1):
+            stats = self.link.receive(step)
+            result = self.core.apply_gradients(step, self.grads[step % len(self.grads)], stats)
+            if result.finite and self.core.staleness:
+                # Safe to overwrite: this slot's old weights were read only by this step's
+                # workers, whose gradients are in.
+                self.slots[step % len(self.slots)][...] = self.core.params
+            now = time.perf_counter()
+            self.record.append((result, now - before))
+            before = now
+            if not result.finite:
+                return step - 1  # the driver stops the run; the workers wait for nothing more
+            self.link.publish(step)
+        return last
 
-    def weights_at(self, j: int) -> np.ndarray:
-        return self.core.weights_at(j)
+    def progress(self) -> list[tuple[ServerStats, float]]:
+        """The steps applied since the last call, oldest first, with their wall seconds."""
+        out = []
+        while self.record:
+            out.append(self.record.popleft())
+        return out
+
+    def push(self, step: int, rank: int, grad: np.ndarray, stats: GradStats) -> None:
+        assert self.collector is not None, "started with an exchange directory"
+        self.collector.push(step, rank, grad, stats)
+
+    def weights(self, j: int) -> np.ndarray | None:
+        """The weights after update ``j``, once applied (None: a step failed, stop)."""
+        assert self.collector is not None, "started with an exchange directory"
+        return self.collector.weights(j)
+
+    def applied(self) -> int:
+        return self.core.step
 
     def get_weights(self) -> np.ndarray:
         return self.core.params

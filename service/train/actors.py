@@ -21,6 +21,7 @@ from dtrain.service.train.recovery import Snapshot
 from dtrain.workers import exchange
 from dtrain.workers.actor import Worker
 from dtrain.workers.shards import ShardSource
+from dtrain.workers.steplink import PeerTimeout
 
 # Actors start in fresh processes and load their rows; on a loaded 2-core machine that takes
 # seconds, so this bound only catches the cluster that cannot place them at all.
@@ -63,16 +64,15 @@ class ActorGroup:
     def start(self, snapshot: Snapshot) -> None:
         c = self.config
         self.exchange_dir = exchange.new_exchange_dir() if self.shared_memory else None
-        shared = (
-            {"exchange_dir": str(self.exchange_dir), "num_workers": c.num_workers}
-            if self.exchange_dir is not None
-            else {}
-        )
+        shared = self.exchange_dir is not None
+        # Threads: with shared memory one runs the segment, one answers the driver; through
+        # Ray, every worker's blocking weights() call and its push need one as well.
+        threads = 2 if shared else 2 * c.num_workers + 4
         self.server = (
             ray.remote(ParameterServer)
             # The server's state cannot be rebuilt by re-running its constructor, so Ray must
             # not restart it: recovery does, from the last snapshot.
-            .options(num_cpus=0, max_restarts=0)
+            .options(num_cpus=0, max_restarts=0, max_concurrency=threads)
             .remote(
                 spec=c.model,
                 optimizer=c.optimizer,
@@ -82,22 +82,31 @@ class ActorGroup:
                 history=snapshot.history,
                 step=snapshot.progress.step,
                 total_steps=self.total_steps,
-                **shared,
+                exchange_dir=self.exchange_dir and str(self.exchange_dir),
+                num_workers=c.num_workers,
+                step_timeout=c.step_timeout_seconds,
             )
         )
         if shared:  # the server creates the shared files, which the workers then open
             self._wait_started([self.server.ready.remote()])
-        # A worker's constructor reloads the same rows, and a step is deterministic, so Ray may
-        # restart a dead worker and re-run its in-flight steps without changing a bit.
         worker_cls = ray.remote(Worker)
-        base = {
+        base: dict[str, Any] = {
             "num_cpus": c.num_cpus_per_worker,
-            "max_restarts": c.max_restarts,
-            "max_task_retries": c.max_restarts,
             # Across nodes where the cluster has several: each node's CPUs and network share
             # the work, and one lost node takes fewer workers with it.
             "scheduling_strategy": "SPREAD",
         }
+        if shared:
+            # A worker runs whole segments in step with the server through pipes: a restarted
+            # one could not rejoin mid-segment, so a death ends the segment (ActorLost) and
+            # recovery rebuilds every actor from the last snapshot.
+            base.update(max_restarts=0, max_task_retries=0)
+        else:
+            # A worker's constructor reloads the same rows, a step is deterministic and the
+            # server drops pushes it has applied, so Ray may restart a dead worker and re-run
+            # its segment from the server's current step without changing a bit.
+            base.update(max_restarts=c.max_restarts, max_task_retries=c.max_restarts)
+        base["max_concurrency"] = 2  # pid() and node_id() answer while a segment runs
         num_gpu = self.num_gpu_workers
         self.workers = [
             worker_cls.options(**base, **({"num_gpus": 1} if rank < num_gpu else {})).remote(
@@ -110,8 +119,9 @@ class ActorGroup:
                 row_range=row_range,
                 batch_slice=self.slices[rank],
                 seed=c.seed,
-                exchange_dir=shared.get("exchange_dir"),
+                exchange_dir=self.exchange_dir and str(self.exchange_dir),
                 num_slots=c.staleness + 1,
+                step_timeout=c.step_timeout_seconds,
             )
             for rank, row_range in enumerate(self.ranges)
         ]
@@ -140,7 +150,21 @@ class ActorGroup:
             cause = e.cause if isinstance(e.cause, Exception) else e
             if isinstance(cause, RayActorError):
                 raise ActorLost(f"an actor died during {what} ({first_line(cause)})") from e
+            while isinstance(cause, RayTaskError) and isinstance(cause.cause, Exception):
+                cause = cause.cause  # a worker's call to the server failed inside its task
+            if isinstance(cause, RayActorError):
+                raise ActorLost(f"an actor died during {what} ({first_line(cause)})") from e
+            if isinstance(cause, PeerTimeout):  # a peer in the segment died or stopped
+                raise ActorLost(f"{what}: {first_line(cause)}") from e
             raise DtrainError(f"{what} failed: {first_line(cause)}") from e
+
+    def wait(self, refs: list[Any], timeout: float, what: str) -> list[Any]:
+        """The refs of ``refs`` still running after at most ``timeout`` seconds; one that
+        failed raises here, as ``get`` would."""
+        ready, pending = ray.wait(refs, num_returns=len(refs), timeout=timeout, fetch_local=False)
+        if ready:
+            self.get(ready, timeout, what)
+        return list(pending)
 
     def _wait_started(self, refs: list[Any]) -> None:
         try:

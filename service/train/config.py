@@ -102,8 +102,6 @@ class TrainConfig:
             max=MAX_STEP_TIMEOUT_SECONDS,
         ),
     )
-    # Steps the driver submits ahead of the one it waits for: hides the driver's own latency.
-    pipeline_depth: int = 2
     # Steps between checkpoints of the server's full state (0: only the final one).
     checkpoint_every: int = field(
         default=200,
@@ -184,7 +182,7 @@ class TrainConfig:
         for name, kind in (("model", ModelSpec), ("optimizer", OptimizerConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}")
-        for name in ("epochs", "batch_size", "num_workers", "pipeline_depth"):
+        for name in ("epochs", "batch_size", "num_workers"):
             _check_int(name, getattr(self, name), 1)
         for name in ("checkpoint_every", "max_restarts"):
             _check_int(name, getattr(self, name), 0)
@@ -243,6 +241,9 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise TypeError(f"the config must be a JSON object, got {type(d).__name__}")
         d = dict(d)
+        # Written by runs from before the step engine, which has no per-step submission to
+        # pipeline: their directories still resume.
+        d.pop("pipeline_depth", None)
         for key, kind in (("model", ModelSpec), ("optimizer", OptimizerConfig)):
             section = d.get(key, {})
             if not isinstance(section, dict):

@@ -1,26 +1,36 @@
-"""The step loop: submits each step's work to the actors and follows its stats.
+"""The step loop: the driver starts segments of steps on the actors and follows their stats.
 
-Per step the driver only *submits* work: the weights ref returned by the server's previous
-update goes to every worker, the workers' gradient refs go straight to the server. The driver
-waits on the small per-step stats, ``pipeline_depth`` steps behind, so the actors never idle
-waiting for it and gradients never pass through it. Faults are not handled here: they surface
-as ``ActorLost`` from the ``ActorGroup`` and ``Trainer`` rebuilds from ``latest``.
+The driver starts a *segment* with one ``run(first, last)`` call per actor; inside it the
+server and the workers step by themselves, and the driver only follows the server's progress
+record every ``POLL_SECONDS``. A segment ends where the driver has work: a checkpoint, an
+epoch's end (evaluation), the last step. No Ray task and no driver work per step:
+
+- shared memory (one node): the arrays stay in /dev/shm and the two per-step facts ("weights
+  after update j written", "gradient t written") go through pipes (``workers.steplink``);
+- through Ray (several nodes): each worker pulls the weights from the server actor and pushes
+  its gradient to it (``service.ps.collector``).
+
+Faults are not handled here: they surface as ``ActorLost`` from the ``ActorGroup`` and
+``Trainer`` rebuilds from ``latest``.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from dtrain.service.errors import DtrainError
 from dtrain.service.observe.stats import EpochStats, StepStats
 from dtrain.service.ps.server import ServerStats
 from dtrain.service.train import stopping
-from dtrain.service.train.actors import ActorGroup
+from dtrain.service.train.actors import ActorGroup, ActorLost
 from dtrain.service.train.recovery import Checkpointer, Progress, Snapshot, diverged
+
+# How often the driver looks at a running segment: the latency of live metrics and progress.
+POLL_SECONDS = 0.5
 
 # Test loss and accuracy of a weight vector.
 Evaluate = Callable[[np.ndarray], tuple[float, float]]
@@ -46,69 +56,18 @@ class StepLoop:
         self.emit = emit
         self.checkpointer = checkpointer
         self.evaluate = evaluate
-        # (stats ref, epoch, state ref or None) per submitted step, oldest first
-        self.pending: deque[tuple[Any, int, Any]] = deque()
         self.progress = Progress()
-        self.last_done = 0.0
 
     def run(self, start: Snapshot, on_snapshot: Callable[[Snapshot], None]) -> Snapshot:
         """Train to the end; ``on_snapshot`` hears of every whole snapshot written on the way."""
-        c, server, workers = self.config, self.group.server, self.group.workers
+        c, server = self.config, self.group.server
         self.progress = start.progress.copy()
-        # ready[j]: a ref that completes once the weights after update j exist. Object store:
-        # those weights themselves. Shared memory: that update's stats (the weights are in
-        # place). Step t computes on the weights after update max(0, t - 1 - staleness).
-        k = c.staleness
         first = start.progress.step
-        shared = self.group.exchange_dir is not None
-        if shared:
-            marker = server.ready.remote()
-            ready = {j: marker for j in range(max(0, first - k), first + 1)}
-        else:
-            ready = {j: server.weights_at.remote(j) for j in range(max(0, first - k), first + 1)}
-        self.last_done = time.perf_counter()
         if first and first % self.spe == 0 and self.progress.epoch_samples:
             # A snapshot taken at an epoch's last step precedes that epoch's record: write it
             # now, or the continued run would fold that epoch into the next one.
-            self._end_epoch(
-                first // self.spe, server.get_weights.remote() if shared else ready[first]
-            )
-
-        step = self.progress.step
-        while step < self.total_steps:
-            if stopping.requested() is not None:
-                break  # a stop signal: the submitted steps drain below, the trainer saves them
-            step += 1
-            epoch, s_in_epoch = divmod(step - 1, self.spe)
-            epoch += 1
-            j = max(0, step - 1 - k)
-            if shared:
-                # Arrays stay in shared memory; the refs passed along only order the tasks.
-                slot = j % (k + 1)
-                stats = [
-                    w.compute_shared.remote(ready[j], epoch, s_in_epoch, slot, step % (k + 1))
-                    for w in workers
-                ]
-                ready[step] = stats_ref = server.apply_shared.remote(step, *stats)
-            else:
-                outs = [
-                    w.compute_gradients.options(num_returns=2).remote(ready[j], epoch, s_in_epoch)
-                    for w in workers
-                ]
-                ready[step], stats_ref = server.apply_gradients.options(num_returns=2).remote(
-                    step, *[g for g, _ in outs], *[st for _, st in outs]
-                )
-            ready.pop(step - k - 1, None)  # no later step reads those weights
-            wants_ckpt = c.checkpoint_every and step % c.checkpoint_every == 0
-            state_ref = server.state.remote() if wants_ckpt and step < self.total_steps else None
-            self.pending.append((stats_ref, epoch, state_ref))
-            while len(self.pending) > c.pipeline_depth:
-                self._consume(*self.pending.popleft(), on_snapshot)
-            if s_in_epoch == self.spe - 1 or step == self.total_steps:
-                self._drain(on_snapshot)
-                self._end_epoch(epoch, server.get_weights.remote() if shared else ready[step])
-                self.last_done = time.perf_counter()
-        self._drain(on_snapshot)
+            self._end_epoch(first // self.spe, server.get_weights.remote())
+        self._run_segments(on_snapshot)
         state = self.group.get(server.state.remote(), c.step_timeout_seconds, "fetching weights")
         history = state["history"]
         return Snapshot(
@@ -118,17 +77,67 @@ class StepLoop:
             None if history is None else np.array(history),
         )
 
-    def _drain(self, on_snapshot: Callable[[Snapshot], None]) -> None:
-        while self.pending:
-            self._consume(*self.pending.popleft(), on_snapshot)
+    def _segment_end(self, first: int) -> int:
+        """The last step of the segment starting at ``first``: the next step after which the
+        driver has work (an epoch's end, a checkpoint), or the run's last."""
 
-    def _consume(
-        self, stats_ref: Any, epoch: int, state_ref: Any, on_snapshot: Callable[[Snapshot], None]
-    ) -> None:
+        def next_multiple(n: int) -> int:
+            return -(-first // n) * n
+
+        ends = [self.total_steps, next_multiple(self.spe)]
+        if self.config.checkpoint_every:
+            ends.append(next_multiple(self.config.checkpoint_every))
+        return min(ends)
+
+    def _run_segments(self, on_snapshot: Callable[[Snapshot], None]) -> None:
+        c, server, workers = self.config, self.group.server, self.group.workers
+        # Through Ray (no shared memory) the workers call the server themselves.
+        direct = server if self.group.exchange_dir is None else None
+        step = self.progress.step
+        while step < self.total_steps:
+            if stopping.requested() is not None:
+                # A stop signal takes effect at a segment boundary (the actors run a segment
+                # on their own); the trainer checkpoints the step reached.
+                break
+            last = self._segment_end(step + 1)
+            refs = [
+                server.run.remote(step + 1, last),
+                *[w.run.remote(step + 1, last, self.spe, direct) for w in workers],
+            ]
+            self._follow(refs)
+            if self.progress.step != last:  # every actor returned, yet steps are missing
+                raise DtrainError(f"the segment to step {last} ended at step {self.progress.step}")
+            step = last
+            if c.checkpoint_every and step % c.checkpoint_every == 0 and step < self.total_steps:
+                self._checkpoint(server.state.remote(), on_snapshot)
+            if step % self.spe == 0 or step == self.total_steps:
+                self._end_epoch((step - 1) // self.spe + 1, server.get_weights.remote())
+
+    def _follow(self, refs: list[Any]) -> None:
+        """Until every actor has finished its segment, feed the server's progress to the
+        observers; a failed actor raises at once, a segment that stops moving after
+        ``step_timeout`` seconds."""
+        c, server = self.config, self.group.server
+        pending = refs
+        moved = time.monotonic()
+        while True:
+            what = f"step {self.progress.step + 1}"
+            pending = self.group.wait(pending, POLL_SECONDS, what)
+            steps = self.group.get(server.progress.remote(), c.step_timeout_seconds, what)
+            for stats, seconds in steps:
+                self._record(stats, seconds)
+            if not pending:
+                return
+            now = time.monotonic()
+            if steps:
+                moved = now
+            elif now - moved > c.step_timeout_seconds:
+                raise ActorLost(f"{what} did not finish within {c.step_timeout_seconds:g}s")
+
+    def _record(self, s: ServerStats, seconds: float) -> None:
+        """One applied step into the progress and to the observers."""
         c, progress = self.config, self.progress
-        what = f"step {progress.step + 1}"
-        s: ServerStats = self.group.get(stats_ref, c.step_timeout_seconds, what)
-        now = time.perf_counter()
+        epoch = (s.step - 1) // self.spe + 1
         if not s.finite:
             raise diverged(c, s.step, epoch, s.loss_sum / max(s.samples, 1))
         progress.step = s.step
@@ -136,8 +145,8 @@ class StepLoop:
         progress.epoch_correct += s.correct
         progress.epoch_samples += s.samples
         progress.total_samples += s.samples
-        progress.train_seconds += now - self.last_done
-        progress.epoch_seconds += now - self.last_done
+        progress.train_seconds += seconds
+        progress.epoch_seconds += seconds
         self.emit(
             "on_step",
             StepStats(
@@ -149,19 +158,19 @@ class StepLoop:
                 learning_rate=s.learning_rate,
                 grad_norm=s.grad_norm,
                 update_norm=s.update_norm,
-                step_seconds=now - self.last_done,
+                step_seconds=seconds,
                 worker_compute_seconds=s.worker_compute_seconds,
                 aggregate_seconds=s.aggregate_seconds,
                 update_seconds=s.update_seconds,
             ),
         )
-        self.last_done = now
-        if state_ref is not None:
-            state = self.group.get(state_ref, c.step_timeout_seconds, "checkpoint")
-            snap = Snapshot(state["params"], state["velocity"], progress.copy(), state["history"])
-            self.checkpointer.save_periodic(snap)
-            on_snapshot(snap)
-            self.last_done = time.perf_counter()
+
+    def _checkpoint(self, state_ref: Any, on_snapshot: Callable[[Snapshot], None]) -> None:
+        """The server's state at the step just recorded, saved with the progress."""
+        state = self.group.get(state_ref, self.config.step_timeout_seconds, "checkpoint")
+        snap = Snapshot(state["params"], state["velocity"], self.progress.copy(), state["history"])
+        self.checkpointer.save_periodic(snap)
+        on_snapshot(snap)
 
     def _end_epoch(self, epoch: int, weights_ref: Any) -> None:
         c, progress = self.config, self.progress

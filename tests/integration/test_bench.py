@@ -23,23 +23,27 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 BATCHES = (128, 512)
 WORKERS = (1, 2)
+STALENESS = (0, 1)
 
 
 @pytest.fixture(scope="module")
 def report(ray_local: object, prepared_mnist: Path) -> BenchReport:
     """One quick bench of every variant, shared by the tests that read it."""
-    config = BenchConfig.quick(data_dir=prepared_mnist, batch_sizes=BATCHES, workers=WORKERS)
+    config = BenchConfig.quick(
+        data_dir=prepared_mnist, batch_sizes=BATCHES, workers=WORKERS, staleness=STALENESS
+    )
     return run_bench(config)
 
 
 def test_every_variant_has_a_row_with_positive_numbers(report: BenchReport) -> None:
     torch_rows = import_torch() is not None
     assert report.torch["used"] is torch_rows
-    want = {("floor", b, None) for b in BATCHES} | {("numpy", b, 1) for b in BATCHES}
-    want |= {("dtrain", b, w) for b in BATCHES for w in WORKERS}
+    want = {("floor", b, None, None) for b in BATCHES} | {("numpy", b, 1, None) for b in BATCHES}
+    want |= {("dtrain", b, w, k) for b in BATCHES for w in WORKERS for k in STALENESS}
     if torch_rows:
-        want |= {("torch", b, 1) for b in BATCHES}
-    assert {(r.variant, r.batch_size, r.workers) for r in report.rows} == want
+        want |= {("torch", b, 1, None) for b in BATCHES}
+    got = [(r.variant, r.batch_size, r.workers, r.staleness) for r in report.rows]
+    assert sorted(got, key=str) == sorted(want, key=str)
     for r in report.rows:
         assert r.steps == QUICK_STEPS and r.total_steps == QUICK_STEPS + 2
         assert r.step_seconds > 0 and r.samples_per_second > 0 and r.ratio_to_numpy > 0
@@ -61,16 +65,21 @@ def test_dtrain_trains_what_the_plain_loop_trains(report: BenchReport) -> None:
         plain = find_row(report.rows, "numpy", b, 1)
         one = find_row(report.rows, "dtrain", b, 1)
         assert one.test_accuracy == pytest.approx(plain.test_accuracy, abs=0.002)
-        (bd,) = [x for x in report.breakdown if x.batch_size == b and x.workers == 1]
+        (bd,) = [
+            x for x in report.breakdown if x.batch_size == b and x.workers == 1 and not x.staleness
+        ]
         assert bd.max_weight_difference_to_numpy < 1e-5  # another batch order: ~1e-3
         assert find_row(report.rows, "dtrain", b, 2).test_accuracy > 0.5
+        assert find_row(report.rows, "dtrain", b, 2, staleness=1).test_accuracy > 0.5
 
 
 def test_breakdown_adds_up_and_finds_every_process(report: BenchReport) -> None:
-    assert {(b.batch_size, b.workers) for b in report.breakdown} == {
-        (b, w) for b in BATCHES for w in WORKERS
-    }
+    assert sorted((b.batch_size, b.workers, b.staleness) for b in report.breakdown) == sorted(
+        (b, w, k) for b in BATCHES for w in WORKERS for k in STALENESS
+    )
     for b in report.breakdown:
+        # A quick run's measured steps fit inside one look of the driver: too short to tell.
+        assert b.driver_cpu_ratio is None or 0 <= b.driver_cpu_ratio <= 1
         parts = b.worker_compute_seconds + b.aggregate_seconds + b.update_seconds
         assert b.worker_compute_seconds > 0 and b.update_seconds > 0
         assert parts + b.overhead_seconds == pytest.approx(b.step_seconds)
@@ -91,6 +100,7 @@ def test_json_has_the_documented_keys_and_targets(report: BenchReport) -> None:
     assert all(set(r) == ROW_KEYS for r in out["results"])
     assert out["config"]["batch_sizes"] == list(BATCHES)
     names = [t["name"] for t in out["targets"]]
+    assert any("staleness 1, batch 128" in n and "s/epoch" in n for n in names)
     assert any("batch 128" in n and "s/epoch" in n for n in names)
     assert any("batch 512" in n and "s/epoch" in n for n in names)
     assert any("peak RSS" in n for n in names)
@@ -127,6 +137,8 @@ def test_cli_prints_one_json_object(prepared_mnist: Path) -> None:
             "128",
             "--num-workers",
             "1",
+            "--staleness",
+            "0",
             "--data-dir",
             str(prepared_mnist),
         ],

@@ -6,6 +6,7 @@ deterministic given the weights, the shard assignment, the seed and the step num
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -73,7 +74,12 @@ class Killer(Observer):
             actor = trainer.server
         else:
             actor = trainer.workers[len(self.killed) % len(trainer.workers)]
-        pid = ray.get(actor.pid.remote(), timeout=60)
+        try:
+            pid = ray.get(actor.pid.remote(), timeout=60)
+        except ray.exceptions.RayActorError:
+            # Already killed: the driver hears of a segment's steps together, after the kill
+            # of an earlier one among them, and the rebuild has not happened yet.
+            return
         os.kill(pid, signal.SIGKILL)
         self.killed.append(pid)
 
@@ -95,6 +101,18 @@ def test_killed_workers_are_restarted_and_the_weights_are_bitwise_equal(
     np.testing.assert_array_equal(final_weights(tmp_path), reference)
 
 
+def test_through_ray_killed_workers_are_restarted_by_ray_and_rejoin_with_the_same_bits(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
+) -> None:
+    """Without shared memory Ray restarts a killed worker, whose segment re-runs from the
+    server's current step: no rebuild, and the bits of the uninterrupted run."""
+    cfg = config(prepared_mnist, tmp_path, exchange="object-store")
+    _, killer = run_with_killer(cfg, {12, 31}, "worker")
+    assert len(killer.killed) == 2
+    assert checkpoint.load(tmp_path / "checkpoint.npz").meta["progress"]["restarts"] == 0
+    np.testing.assert_array_equal(final_weights(tmp_path), reference)
+
+
 def test_killed_server_is_rebuilt_from_the_last_checkpoint(
     prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
 ) -> None:
@@ -102,6 +120,41 @@ def test_killed_server_is_rebuilt_from_the_last_checkpoint(
     assert len(killer.killed) == 1
     summary = checkpoint.load(tmp_path / "checkpoint.npz").meta["progress"]
     assert summary["restarts"] == 1 and summary["step"] == STEPS
+    np.testing.assert_array_equal(final_weights(tmp_path), reference)
+
+
+class Stopper(Observer):
+    """SIGSTOPs a worker once the driver sees the given step: alive, but silent."""
+
+    def __init__(self, trainer_ref: list[Trainer], at_step: int) -> None:
+        self.trainer_ref, self.at_step = trainer_ref, at_step
+        self.stopped: list[int] = []
+
+    def on_step(self, stats: StepStats) -> None:
+        if stats.step == self.at_step and not self.stopped:
+            pid = ray.get(self.trainer_ref[0].workers[1].pid.remote(), timeout=60)
+            os.kill(pid, signal.SIGSTOP)
+            self.stopped.append(pid)
+
+
+def test_a_stopped_worker_is_detected_within_the_step_timeout_and_rebuilt(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray
+) -> None:
+    holder: list[Trainer] = []
+    stopper = Stopper(holder, 12)
+    trainer = Trainer(config(prepared_mnist, tmp_path, step_timeout_seconds=5), [stopper])
+    holder.append(trainer)
+    start = time.monotonic()
+    try:
+        trainer.run()
+    finally:
+        for pid in stopper.stopped:  # normally killed by the rebuild already
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert len(stopper.stopped) == 1
+    assert time.monotonic() - start < 100  # one timeout and a rebuild, not a hang
+    progress = checkpoint.load(tmp_path / "checkpoint.npz").meta["progress"]
+    assert progress["restarts"] == 1
     np.testing.assert_array_equal(final_weights(tmp_path), reference)
 
 

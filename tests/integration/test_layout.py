@@ -27,10 +27,17 @@ PINNED = {
 }
 
 
+# Both step engines: pipes over shared memory, and workers calling the server through Ray.
+CASES = [(*key, "shared-memory") for key in sorted(PINNED)] + [
+    (2, 0, "object-store"),
+    (2, 2, "object-store"),
+]
+
+
 @pytest.mark.usefixtures("ray_local")
-@pytest.mark.parametrize(("num_workers", "staleness"), sorted(PINNED))
+@pytest.mark.parametrize(("num_workers", "staleness", "exchange"), CASES)
 def test_weights_match_the_digest_pinned_before_the_restructure(
-    prepared_mnist: Path, tmp_path: Path, num_workers: int, staleness: int
+    prepared_mnist: Path, tmp_path: Path, num_workers: int, staleness: int, exchange: str
 ) -> None:
     config = TrainConfig(
         data_dir=prepared_mnist,
@@ -39,6 +46,7 @@ def test_weights_match_the_digest_pinned_before_the_restructure(
         max_steps=30,
         num_workers=num_workers,
         staleness=staleness,
+        exchange=exchange,
         checkpoint_every=0,
         eval_every_epoch=False,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import click
+import pytest
 
 from dtrain.cli.jobs_cmds import submit
 from dtrain.cli.options import METRICS_OPTIONS, TRAIN_FIELDS, TRAIN_OPTIONS, build_config
@@ -62,3 +63,12 @@ def test_submit_carries_exactly_trains_run_options() -> None:
     submit_names = {p.name for p in submit.params}
     for name in TRAIN_FIELDS:
         assert name in submit_names
+
+
+def test_a_config_json_from_before_the_step_engine_still_loads(tmp_path) -> None:
+    """Runs written with the per-step engine's pipeline_depth resume; other strays do not."""
+    d = TrainConfig(data_dir=tmp_path, run_dir=tmp_path / "run").to_dict()
+    assert "pipeline_depth" not in d
+    assert TrainConfig.from_dict({**d, "pipeline_depth": 2}) == TrainConfig.from_dict(d)
+    with pytest.raises(TypeError, match="no_such_field"):
+        TrainConfig.from_dict({**d, "no_such_field": 1})
