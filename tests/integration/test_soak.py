@@ -65,7 +65,12 @@ class Chaos(Observer):
             return
         t = self.trainer[0]
         actor = t.server if target == "server" else t.workers[int(target.removeprefix("worker-"))]
-        pid = ray.get(actor.pid.remote(), timeout=60)
+        try:
+            pid = ray.get(actor.pid.remote(), timeout=60)
+        except ray.exceptions.RayActorError:
+            # Killed already: the driver hears a segment's steps together, so a kill planned
+            # for a later step of the same segment can find its target dead, not yet rebuilt.
+            return
         self.pids.add(pid)
         os.kill(pid, signal.SIGKILL)
         self.killed.append((stats.step, target, pid))
@@ -106,8 +111,11 @@ def test_random_kills_change_no_bit_and_leave_nothing_behind(
     faulted = checkpoint.load(tmp_path / "faulted" / "checkpoint.npz")
 
     why = f"seed {SEED}, plan {plan}, killed {chaos.killed}"
-    assert len(chaos.killed) == WORKER_KILLS + 1, why
-    assert faulted.meta["progress"]["restarts"] == 1, why  # the server's rebuild
+    targets = [target for _, target, _ in chaos.killed]
+    assert targets.count("server") == 1 and len(targets) >= 2, why
+    # On one node every death rebuilds the group from the newest checkpoint; kills that land
+    # in one segment share a rebuild.
+    assert 1 <= faulted.meta["progress"]["restarts"] <= len(targets), why
     np.testing.assert_array_equal(faulted.params, clean.params, err_msg=why)
     np.testing.assert_array_equal(faulted.velocity, clean.velocity, err_msg=why)
 
