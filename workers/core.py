@@ -7,6 +7,7 @@ directly.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -23,8 +24,15 @@ def ignore_float_overflow() -> None:
     applies it, and the driver stops with one line naming the step. NumPy's RuntimeWarnings,
     printed by every actor process and forwarded by Ray to the user's terminal, would bury that
     line under dozens of others.
+
+    ``np.seterr`` is per thread, and the step engine runs segments on an actor's thread pool
+    (threaded actors: the driver polls progress meanwhile), so the process-wide warnings filter
+    is what holds everywhere; ``seterr`` also spares the warning's cost on this thread.
     """
     np.seterr(over="ignore", invalid="ignore")
+    warnings.filterwarnings(
+        "ignore", message=r"(overflow|invalid value) encountered", category=RuntimeWarning
+    )
 
 
 @dataclass(frozen=True)
