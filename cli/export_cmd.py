@@ -23,7 +23,8 @@ FORMATS = ("onnx", "safetensors")
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="File to write. [default: the checkpoint's path with .onnx or .safetensors]",
+    help="File to write; an existing file is never replaced. [default: the checkpoint's path "
+    "with .onnx or .safetensors]",
 )
 def export(checkpoint_path: Path, fmt: str, out: Path | None) -> None:
     """Export a checkpoint's network (needs `pip install 'dtrain[export]'`)."""

@@ -106,6 +106,9 @@ def export(ckpt: Checkpoint, fmt: str, out: Path) -> Path:
     """Write the checkpoint's network to ``out`` in ``fmt``, atomically."""
     if fmt not in FORMATS:
         raise DtrainError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if out.exists() or out.is_symlink():
+        # Never replace a file dtrain did not write: the user names another or removes it.
+        raise DtrainError(f"{out} already exists: give --out a new file")
     data = onnx_bytes(ckpt) if fmt == "onnx" else safetensors_bytes(ckpt)
     try:
         atomic_write_bytes(out, data)

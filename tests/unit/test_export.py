@@ -107,3 +107,16 @@ def test_bad_format_and_bad_checkpoint(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "'pt' is not one of" in bad.output
     missing = CliRunner().invoke(cli, ["export", str(tmp_path / "x.npz"), "--format", "onnx"])
     assert missing.exit_code == 1 and missing.output.strip().endswith("does not exist")
+
+
+def test_an_existing_file_is_never_replaced(mnist_trained: Path, tmp_path: Path) -> None:
+    out = tmp_path / "thesis.tex"
+    out.write_text("mine")
+    result = CliRunner().invoke(
+        cli, ["export", str(mnist_trained / "checkpoint.npz"), "--format", "onnx", "--out", out]
+    )
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {out} already exists: give --out a new file"
+    assert out.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "thesis.tex"
+    ]
