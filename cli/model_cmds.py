@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
 from dtrain.cli.options import data_dir_option, json_option
 from dtrain.service.errors import DtrainError
+
+if TYPE_CHECKING:
+    from dtrain.workers.model import ModelSpec
 
 
 @click.command()
@@ -24,25 +27,39 @@ from dtrain.service.errors import DtrainError
 def evaluate(checkpoint_path: Path, data_dir: Path | None, as_json: bool) -> None:
     """Test loss and accuracy of a checkpoint."""
     from dtrain.service.train import checkpoint
-    from dtrain.service.train.runinfo import check_input_size, scoring_data
     from dtrain.workers.model import Network
-    from dtrain.workers.shards import ShardError, read_rows, to_float
+    from dtrain.workers.shards import to_float
 
     path = resolve_checkpoint(checkpoint_path)
     ckpt = checkpoint.load(path)
-    found = scoring_data(path, ckpt.spec, data_dir)
-    n = int(found.manifest["splits"]["test"]["num_samples"])
-    try:
-        x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
-    except ShardError as e:
-        raise DtrainError(str(e)) from e
-    check_input_size(ckpt.spec, x.shape[1], found.data_dir, found.origin)
-    click.echo(f"dtrain: test split of {found.data_dir} ({found.origin})", err=True)
+    x, y = scoring_split(path, ckpt.spec, data_dir, None)
+    n = len(y)
     loss, acc = Network(ckpt.spec).evaluate(ckpt.params, to_float(x), y.astype(np.int64))
     if as_json:
         click.echo(json.dumps({"test_accuracy": acc, "test_loss": loss, "num_samples": n}))
     else:
         click.echo(f"test accuracy {acc:.4f}  loss {loss:.4f}  ({n} samples)")
+
+
+def scoring_split(
+    ckpt_path: Path, spec: ModelSpec, data_dir: Path | None, limit: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` (else all) test rows of the data the checkpoint is scored on (its
+    run's, unless ``--data-dir``), checked against its input size; stderr says which data."""
+    from dtrain.service.train.runinfo import check_input_size, scoring_data
+    from dtrain.workers.shards import ShardError, read_rows
+
+    found = scoring_data(ckpt_path, spec, data_dir)
+    n = int(found.manifest["splits"]["test"]["num_samples"])
+    if limit is not None:
+        n = min(limit, n)
+    try:
+        x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
+    except ShardError as e:
+        raise DtrainError(str(e)) from e
+    check_input_size(spec, x.shape[1], found.data_dir, found.origin)
+    click.echo(f"dtrain: test split of {found.data_dir} ({found.origin})", err=True)
+    return x, y
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -94,9 +111,9 @@ def predict(
     """
     from dtrain.service.data.images import load_images
     from dtrain.service.train import checkpoint
-    from dtrain.service.train.runinfo import check_input_size, scoring_data
+    from dtrain.service.train.runinfo import check_input_size
     from dtrain.workers.model import Network
-    from dtrain.workers.shards import ShardError, read_rows, to_float
+    from dtrain.workers.shards import to_float
 
     if not inputs and test_samples is None:
         raise click.UsageError("give image files as INPUTS or --test-samples N")
@@ -106,14 +123,7 @@ def predict(
     for path in inputs:
         batches.append((str(path), load_images(path, ckpt.spec.input_size, invert), None))
     if test_samples is not None:
-        found = scoring_data(ckpt_path, ckpt.spec, data_dir)
-        n = min(test_samples, int(found.manifest["splits"]["test"]["num_samples"]))
-        try:
-            x, y = read_rows(found.data_dir, found.manifest, "test", 0, n)
-        except ShardError as e:
-            raise DtrainError(str(e)) from e
-        check_input_size(ckpt.spec, x.shape[1], found.data_dir, found.origin)
-        click.echo(f"dtrain: test split of {found.data_dir} ({found.origin})", err=True)
+        x, y = scoring_split(ckpt_path, ckpt.spec, data_dir, test_samples)
         batches.append(("test", x, y))
     net = Network(ckpt.spec)
     for source, images, labels in batches:
