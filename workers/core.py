@@ -79,6 +79,8 @@ class WorkerCore:
         # and the gradient out. A CPU worker gathers each step's rows from the shards instead.
         self.x: Any = None if xp is np else xp.asarray(rows.all_features())
         self.y: Any = rows.labels if xp is np else xp.asarray(rows.labels)
+        # Reused by every step: no span of a batch is longer than the batch.
+        self._x = np.empty((batch_size if xp is np else 0, rows.width), np.float32)
         self._grad = xp.empty(spec.num_params, dtype=xp.float32)
         self._epoch = -1
         self._perm = np.arange(0)
@@ -106,7 +108,7 @@ class WorkerCore:
         xp = self.xp
         w = xp.asarray(weights)  # host -> device once per step (no copy on the CPU)
         if xp is np:
-            x, y = self.rows.features(idx), self.y[idx]
+            x, y = self.rows.features(idx, self._x), self.y[idx]
         else:
             rows = xp.asarray(idx)
             x, y = self.x[rows], self.y[rows]
