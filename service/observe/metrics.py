@@ -27,7 +27,14 @@ from dtrain.service import __version__
 from dtrain.service.errors import Diverged, DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.run_labels import labelled, run_labels
-from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.observe.stats import (
+    MEMBERSHIP_REASONS,
+    EpochStats,
+    JobInfo,
+    MembershipChange,
+    RunSummary,
+    StepStats,
+)
 
 # 8 steps per second of the chapter's job fit between 5 ms (one fast step) and 10 s (a stalled
 # one); the buckets span that range roughly geometrically.
@@ -227,6 +234,13 @@ class PrometheusMetrics(Observer):
         self.failed_steps = Counter(
             "dtrain_failed_steps", "steps lost to an actor failure", registry=r
         )
+        # reason: one of MEMBERSHIP_REASONS (a small fixed set, not free text).
+        self.membership_changes = Counter(
+            "dtrain_membership_changes",
+            "changes of an elastic run's number of workers",
+            ["reason"],
+            registry=r,
+        )
         self.checkpoints = Counter("dtrain_checkpoints_written", "checkpoints written", registry=r)
         self.checkpoint_time = Gauge(
             "dtrain_last_checkpoint_timestamp_seconds",
@@ -276,6 +290,8 @@ class PrometheusMetrics(Observer):
         self.start_time.set(time.time())
         for rank in range(info.num_workers):
             self.worker_seconds.labels(worker=str(rank))
+        for reason in MEMBERSHIP_REASONS:  # at zero from the start, so rate() sees the first
+            self.membership_changes.labels(reason=reason)
 
     def on_step(self, s: StepStats) -> None:
         self.epoch.set(s.epoch)
@@ -321,6 +337,10 @@ class PrometheusMetrics(Observer):
             self._restarts_seen = restarts
         if failed_steps:
             self.failed_steps.inc(failed_steps)
+
+    def on_membership(self, change: MembershipChange) -> None:
+        self.membership_changes.labels(reason=change.reason).inc()
+        self.workers_alive.set(change.after)
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
         self.end_time.set(time.time())

@@ -18,7 +18,13 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from dtrain.service.observe.observers import Observer
-from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.observe.stats import (
+    EpochStats,
+    JobInfo,
+    MembershipChange,
+    RunSummary,
+    StepStats,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +172,13 @@ class ConsoleProgress(Observer):
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         pass
+
+    def on_membership(self, change: MembershipChange) -> None:
+        self._print(
+            f"dtrain: from step {change.step} on, {change.after} "
+            f"{_plural(change.after, 'worker')} instead of {change.before} "
+            f"({change.reason.replace('_', ' ')})"
+        )
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
         self._close_bar()
