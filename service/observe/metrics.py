@@ -34,6 +34,7 @@ from dtrain.service.observe.stats import (
     MembershipChange,
     RunSummary,
     StepStats,
+    WorkerSlowness,
 )
 
 # 8 steps per second of the chapter's job fit between 5 ms (one fast step) and 10 s (a stalled
@@ -234,6 +235,18 @@ class PrometheusMetrics(Observer):
         self.failed_steps = Counter(
             "dtrain_failed_steps", "steps lost to an actor failure", registry=r
         )
+        self.slowness = Gauge(
+            "dtrain_worker_slowness_ratio",
+            "a worker's mean compute time over the workers' median, per window of steps",
+            ["worker"],
+            registry=r,
+        )
+        self.straggler = Gauge(
+            "dtrain_worker_straggler",
+            "1 while a worker is persistently slower than the others (a straggler)",
+            ["worker"],
+            registry=r,
+        )
         # reason: one of MEMBERSHIP_REASONS (a small fixed set, not free text).
         self.membership_changes = Counter(
             "dtrain_membership_changes",
@@ -337,6 +350,11 @@ class PrometheusMetrics(Observer):
             self._restarts_seen = restarts
         if failed_steps:
             self.failed_steps.inc(failed_steps)
+
+    def on_slowness(self, verdicts: list[WorkerSlowness]) -> None:
+        for v in verdicts:
+            self.slowness.labels(worker=str(v.rank)).set(v.ratio)
+            self.straggler.labels(worker=str(v.rank)).set(int(v.straggler))
 
     def on_membership(self, change: MembershipChange) -> None:
         self.membership_changes.labels(reason=change.reason).inc()

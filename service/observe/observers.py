@@ -19,6 +19,7 @@ from dtrain.service.observe.stats import (
     MembershipChange,
     RunSummary,
     StepStats,
+    WorkerSlowness,
 )
 
 
@@ -40,6 +41,9 @@ class Observer:
 
     def on_membership(self, change: MembershipChange) -> None:
         """An elastic run changed its number of workers (before the new ones start)."""
+
+    def on_slowness(self, verdicts: list[WorkerSlowness]) -> None:
+        """Every window of steps: each worker's compute time against the others'."""
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None: ...
 

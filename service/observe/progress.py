@@ -24,6 +24,7 @@ from dtrain.service.observe.stats import (
     MembershipChange,
     RunSummary,
     StepStats,
+    WorkerSlowness,
 )
 
 
@@ -172,6 +173,15 @@ class ConsoleProgress(Observer):
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         pass
+
+    def on_slowness(self, verdicts: list[WorkerSlowness]) -> None:
+        for v in verdicts:
+            if v.new:
+                self._print(
+                    f"dtrain: warning: worker {v.rank} (node {v.node[:12]}) is a straggler: "
+                    f"its steps take {v.ratio:.1f}x the workers' median; every synchronous "
+                    "step waits for it"
+                )
 
     def on_membership(self, change: MembershipChange) -> None:
         self._print(

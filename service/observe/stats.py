@@ -53,6 +53,17 @@ class MembershipChange:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class WorkerSlowness:
+    """A worker's mean compute time over a window of steps, over the workers' median."""
+
+    rank: int
+    node: str  # Ray node id (hex)
+    ratio: float
+    straggler: bool  # persistently slow (service.train.stragglers)
+    new: bool  # became a straggler at this window: say so once, not every window
+
+
 @dataclass(frozen=True, kw_only=True)
 class StepStats:
     """One synchronous step: every worker's gradient, one parameter-server update."""

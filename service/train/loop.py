@@ -28,6 +28,7 @@ from dtrain.service.ps.server import ServerStats
 from dtrain.service.train import stopping
 from dtrain.service.train.actors import ActorGroup, ActorLost
 from dtrain.service.train.recovery import Checkpointer, Progress, Snapshot, diverged
+from dtrain.service.train.stragglers import StragglerWatch
 
 # How often the driver looks at a running segment: the latency of live metrics and progress.
 POLL_SECONDS = 0.5
@@ -57,6 +58,7 @@ class StepLoop:
         self.checkpointer = checkpointer
         self.evaluate = evaluate
         self.progress = Progress()
+        self.stragglers = StragglerWatch(list(group.worker_nodes))
 
     def run(self, start: Snapshot, on_snapshot: Callable[[Snapshot], None]) -> Snapshot:
         """Train to the end; ``on_snapshot`` hears of every whole snapshot written on the way."""
@@ -147,6 +149,9 @@ class StepLoop:
         progress.total_samples += s.samples
         progress.train_seconds += seconds
         progress.epoch_seconds += seconds
+        slowness = self.stragglers.add(s.worker_compute_seconds)
+        if slowness is not None:
+            self.emit("on_slowness", slowness)
         self.emit(
             "on_step",
             StepStats(
