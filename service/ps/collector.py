@@ -73,6 +73,12 @@ class PushCollector:
             # needs this worker's gradient of a step that reads it.
             return self.core.weights_at(j)
 
+    def drain_state(self) -> tuple[list[tuple[ServerStats, float]], dict[str, Any]]:
+        with self._cond:
+            steps = list(self.record)
+            self.record.clear()
+            return steps, self.core.state_dict()
+
     def state(self) -> dict[str, Any]:
         """The state at a whole step: never in the middle of an update another push runs."""
         with self._cond:

@@ -301,5 +301,11 @@ class ParameterServer:
             return self.collector.state()
         return self.core.state_dict()
 
+    def drain_state(self) -> tuple[list[tuple[ServerStats, float]], dict[str, Any]]:
+        """Through Ray: the steps not yet fetched and the state at the last of them, taken
+        together (no update in between), for a driver that lost a worker."""
+        assert self.collector is not None, "started with an exchange directory"
+        return self.collector.drain_state()
+
     def pid(self) -> int:
         return os.getpid()

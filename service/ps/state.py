@@ -65,8 +65,8 @@ class ServerState:
     @classmethod
     def open(cls, directory: Path, num_params: int, staleness: int) -> ServerState:
         """The state a server before left in ``directory``, at its last complete step."""
-        state = cls._map(directory, num_params, staleness, create=False)
-        magic, params, k, step = (int(v) for v in state.header)
+        header = exchange.map_array(directory / HEADER_NAME, np.dtype(np.int64), 4, create=False)
+        magic, params, k, step = (int(v) for v in header)
         if (magic, params, k) != (MAGIC, num_params, staleness):
             raise ValueError(
                 f"{directory} holds a state of {params} params with staleness {k}, "
@@ -74,7 +74,7 @@ class ServerState:
             )
         if step == NO_STEP:
             raise ValueError(f"{directory} holds no complete step")
-        return state
+        return cls._map(directory, num_params, staleness, create=False)
 
     @classmethod
     def _map(cls, directory: Path, num_params: int, staleness: int, create: bool) -> ServerState:
