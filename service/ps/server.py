@@ -81,6 +81,8 @@ class ServerCore:
         # so the last k weights before the current ones are part of the state.
         self.staleness = staleness
         self.state = state or ServerState.in_memory(spec.num_params, staleness)
+        if params is None and self.state.step < 0:
+            raise ValueError("a server needs params or a state with a complete step")
         if params is not None:
             check_params(spec, params)
             if staleness and history is not None and history.shape != (staleness, params.size):
@@ -88,7 +90,6 @@ class ServerCore:
             zeros = np.zeros_like(params)
             self.state.seed(params, zeros if velocity is None else velocity, step, history)
         self._sum = np.empty(spec.num_params, dtype=np.float32)
-        self._diff = np.empty(spec.num_params, dtype=np.float32)
         self.staged: int | None = None  # an update written into its slots, not yet committed
 
     @property
@@ -143,8 +144,9 @@ class ServerCore:
             self.optimizer.step_into(
                 before, after, total, lr, state.velocity(step - 1), state.velocity(step)
             )
-            # The weights before are still in their slot: no copy for the metric.
-            update_norm = norm(np.subtract(after, before, out=self._diff))
+            # The weights before are still in their slot: no copy for the metric; and the mean
+            # gradient is spent, so its (cache-warm) buffer holds the change.
+            update_norm = norm(np.subtract(after, before, out=total))
             self.staged = step
         return ServerStats(
             step=step,

@@ -109,10 +109,11 @@ class ServerState:
         """Write a snapshot's state (``history``: the weights after the k updates before
         ``step``, oldest first), then mark ``step`` complete."""
         k = self.staleness
-        if history is not None:
-            for back, w in zip(range(k, 0, -1), history, strict=True):
-                if step - back >= 0:  # before update 0 there is nothing to keep
-                    self.weights(step - back)[...] = w
+        # No history: the weights were the same for the k updates before (a fresh start).
+        older = [params] * k if history is None else list(history)
+        for back, w in zip(range(k, 0, -1), older, strict=True):
+            if step - back >= 0:  # before update 0 there is nothing to keep
+                self.weights(step - back)[...] = w
         self.weights(step)[...] = params
         self.velocity(step)[...] = velocity
         self.commit(step)

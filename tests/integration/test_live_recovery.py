@@ -176,3 +176,64 @@ def test_a_killed_server_with_bounded_staleness_continues_from_its_slots(
     assert faulty.meta["progress"]["restarts"] == 1
     np.testing.assert_array_equal(faulty.params, clean.params)
     np.testing.assert_array_equal(faulty.history, clean.history)
+
+
+class KillOnStep(Steps):
+    """SIGKILLs ``target`` (the server, or worker 1) when the driver reports the given steps."""
+
+    def __init__(self, trainer_ref: list[Trainer], at: set[int], target: str) -> None:
+        super().__init__()
+        self.trainer_ref, self.at, self.target = trainer_ref, at, target
+        self.killed: list[int] = []
+
+    def on_step(self, stats: StepStats) -> None:
+        super().on_step(stats)
+        if stats.step not in self.at:
+            return
+        self.at.discard(stats.step)  # once: a step redone after a rollback is reported again
+        trainer = self.trainer_ref[0]
+        actor = trainer.server if self.target == "server" else trainer.workers[1]
+        pid = ray.get(actor.pid.remote(), timeout=60)
+        os.kill(pid, signal.SIGKILL)
+        self.killed.append(stats.step)
+
+
+def run_killing_on_steps(cfg: TrainConfig, at: set[int], target: str) -> KillOnStep:
+    holder: list[Trainer] = []
+    killer = KillOnStep(holder, at, target)
+    holder.append(Trainer(cfg, [killer]))
+    holder[0].run()
+    return killer
+
+
+def test_through_ray_a_worker_out_of_restarts_costs_no_step(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray, capfd
+) -> None:
+    """Ray restarts the worker once; killed again, it is lost for good, and the actors are
+    rebuilt from the live server's state, not from the step-30 checkpoint."""
+    cfg = config(prepared_mnist, tmp_path, exchange="object-store", max_restarts=1)
+    killer = run_killing_on_steps(cfg, {12, 35}, "worker")
+    assert killer.killed == [12, 35]
+    assert len(killer.rebuilt_at) == 1 and killer.rebuilt_at[0] >= 35
+    assert killer.seen == list(range(1, STEPS + 1))
+    assert "the step reached" in capfd.readouterr().err
+    ckpt = checkpoint.load(tmp_path / "checkpoint.npz")
+    assert ckpt.meta["progress"]["restarts"] == 1
+    assert ckpt.meta["progress"]["total_samples"] == STEPS * 128
+    np.testing.assert_array_equal(ckpt.params, reference)
+
+
+def test_through_ray_a_killed_server_falls_back_to_the_newest_checkpoint(
+    prepared_mnist: Path, tmp_path: Path, reference: np.ndarray, capfd
+) -> None:
+    """Its state died with it: the steps since the step-20 checkpoint are redone, reported
+    again, and give the same bits."""
+    cfg = config(prepared_mnist, tmp_path, exchange="object-store")
+    killer = run_killing_on_steps(cfg, {25}, "server")
+    assert killer.killed == [25]
+    assert "from step 20, the newest checkpoint" in capfd.readouterr().err
+    assert killer.seen[: killer.seen.index(25) + 1] == list(range(1, 26))
+    assert killer.seen[-STEPS + 20 :] == list(range(21, STEPS + 1))
+    ckpt = checkpoint.load(tmp_path / "checkpoint.npz")
+    assert ckpt.meta["progress"]["restarts"] == 1
+    np.testing.assert_array_equal(ckpt.params, reference)
