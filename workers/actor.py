@@ -1,4 +1,4 @@
-"""The worker actor: a thin Ray shell around ``WorkerCore`` that loads its own rows.
+"""The worker actor: a thin Ray shell around ``WorkerCore`` that loads every training row.
 
 The rows come from a ``ShardSource``: memory-mapped from the node's disk, read from a shared
 ``pyarrow.fs`` URI, or taken from Ray's object store where the driver put them.
@@ -16,7 +16,8 @@ from dtrain.workers import exchange
 from dtrain.workers.core import WorkerCore, ignore_float_overflow
 from dtrain.workers.device import array_module
 from dtrain.workers.model import ModelSpec
-from dtrain.workers.shards import ShardSource, read_rows, to_float
+from dtrain.workers.rows import load_train_rows
+from dtrain.workers.shards import ShardSource
 from dtrain.workers.steplink import WorkerLink
 
 
@@ -28,8 +29,8 @@ class Worker:
         spec: ModelSpec,
         data_dir: str | None,
         manifest: dict[str, Any],
-        row_range: tuple[int, int],
-        batch_slice: int,
+        batch_size: int,
+        parts: tuple[int, int],
         seed: int,
         device: str = "cpu",
         exchange_dir: str | None = None,
@@ -42,14 +43,13 @@ class Worker:
         # Without a source, data_dir is read from here: a path on this node, or a URI.
         where = source if source is not None else data_dir
         assert where is not None, "a worker needs a data_dir or a shard source"
-        images, labels = read_rows(where, manifest, "train", *row_range)
-        # Converting once here, not per step: ~94 MB for half of MNIST, and no per-step work.
+        # All of them, as views of the shards: any part of a batch may become this worker's.
         self.core = WorkerCore(
             rank=rank,
             spec=spec,
-            images=to_float(images),
-            labels=labels,
-            batch_slice=batch_slice,
+            rows=load_train_rows(where, manifest),
+            batch_size=batch_size,
+            parts=parts,
             seed=seed,
             xp=xp,
         )
@@ -77,9 +77,18 @@ class Worker:
 
         return ray.get_runtime_context().get_node_id()
 
-    def run(self, first: int, last: int, steps_per_epoch: int, server: Any = None) -> int:
+    def run(
+        self,
+        first: int,
+        last: int,
+        steps_per_epoch: int,
+        server: Any = None,
+        parts: tuple[int, int] | None = None,
+    ) -> int:
         """Compute steps ``first..last``, each as soon as the server has the weights it reads;
-        the server is at update ``first - 1`` when the segment starts.
+        the server is at update ``first - 1`` when the segment starts. ``parts``, if given,
+        are the parts of each batch this worker computes from this segment on (a membership
+        change); else those it has.
 
         Step t reads the weights after update ``j = max(0, t - 1 - k)``, k the staleness:
         exactly the steps of a run without segments, so the bits are the same. With shared
@@ -88,6 +97,8 @@ class Worker:
         handle) and pushes the gradient to it, through Ray.
         """
         k = self.num_slots - 1
+        if parts is not None:
+            self.core.parts = parts
         if self.link is None:
             return self._run_pushing(server, first, last, steps_per_epoch, k)
         self.link.start(first - 1)

@@ -1,4 +1,4 @@
-"""A worker's job without Ray: own some training rows, compute gradients on one slice per step.
+"""A worker's job without Ray: hold the training rows, compute gradients on its parts per step.
 
 The Ray actor in ``workers.actor`` is a thin shell around ``WorkerCore``; tests drive this class
 directly.
@@ -10,11 +10,14 @@ import time
 import warnings
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from dtrain.workers.device import to_host
 from dtrain.workers.model import ModelSpec, Network
+from dtrain.workers.rows import TrainRows
+from dtrain.workers.sampling import epoch_permutation, step_rows
 
 
 def ignore_float_overflow() -> None:
@@ -47,57 +50,71 @@ class GradStats:
 
 
 class WorkerCore:
+    """One worker: all the training rows, and the parts of each step's batch it computes.
+
+    ``parts`` may be reassigned between steps (a membership change): the rows a step trains on
+    depend only on (seed, epoch, step), never on who computes them (``workers.sampling``).
+    """
+
     def __init__(
         self,
         *,
         rank: int,
         spec: ModelSpec,
-        images: np.ndarray,
-        labels: np.ndarray,
-        batch_slice: int,
+        rows: TrainRows,
+        batch_size: int,
+        parts: tuple[int, int],
         seed: int,
         xp: ModuleType = np,
     ) -> None:
         self.rank = rank
         self.xp = xp
         self.net = Network(spec, xp)
-        # Rows move to the device once; per step only the weights go in and the gradient out.
-        self.x = xp.asarray(images)  # (n, 784) float32 in [0, 1]
-        self.y = xp.asarray(labels.astype(np.int64))  # (n,)
-        self.num_samples = int(images.shape[0])
-        self.batch_slice = batch_slice
+        self.rows = rows
+        self.num_samples = rows.num_rows
+        self.batch_size = batch_size
+        self.parts = parts
         self.seed = seed
+        # A device worker moves the split to the device once; per step only the weights go in
+        # and the gradient out. A CPU worker gathers each step's rows from the shards instead.
+        self.x: Any = None if xp is np else xp.asarray(rows.all_features())
+        self.y: Any = rows.labels if xp is np else xp.asarray(rows.labels)
+        # Reused by every step: no span of a batch is longer than the batch.
+        self._x = np.empty((batch_size if xp is np else 0, rows.width), np.float32)
         self._grad = xp.empty(spec.num_params, dtype=xp.float32)
         self._epoch = -1
         self._perm = np.arange(0)
 
     def permutation(self, epoch: int) -> np.ndarray:
-        """This worker's seeded shuffle of its own rows for ``epoch``; the same on every retry."""
+        """The seeded shuffle of all training rows for ``epoch``; the same on every worker."""
         if epoch != self._epoch:
-            rng = np.random.default_rng([self.seed, epoch, self.rank])
-            self._perm = rng.permutation(self.num_samples)
+            self._perm = epoch_permutation(self.seed, epoch, self.num_samples)
             self._epoch = epoch
         return self._perm
 
     def batch_indices(self, epoch: int, step: int) -> np.ndarray:
-        b = self.batch_slice
-        return self.permutation(epoch)[step * b : (step + 1) * b]
+        """This worker's rows of step ``step`` of ``epoch``: its parts of the batch, sorted."""
+        return step_rows(self.permutation(epoch), self.batch_size, step, self.parts)
 
     def compute_gradients(
         self, weights: np.ndarray, epoch: int, step: int, grad_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, GradStats]:
-        """Gradient of the summed loss over this worker's slice of step ``step`` of ``epoch``.
+        """Gradient of the summed loss over this worker's rows of step ``step`` of ``epoch``.
 
-        Deterministic in (weights, epoch, step), so a retried step gives the same bits.
+        Deterministic in (weights, epoch, step, parts), so a retried step gives the same bits.
         """
         start = time.perf_counter()
-        idx = np.sort(self.batch_indices(epoch, step))  # sorted: sequential reads of self.x
+        idx = self.batch_indices(epoch, step)  # sorted: sequential reads of the shards
         xp = self.xp
         w = xp.asarray(weights)  # host -> device once per step (no copy on the CPU)
-        rows = idx if xp is np else xp.asarray(idx)
+        if xp is np:
+            x, y = self.rows.features(idx, self._x), self.y[idx]
+        else:
+            rows = xp.asarray(idx)
+            x, y = self.x[rows], self.y[rows]
         # On the CPU the gradient is written straight into ``grad_out`` (shared memory).
         buf = grad_out if grad_out is not None and xp is np else self._grad
-        loss, correct, grad = self.net.loss_and_grad(w, self.x[rows], self.y[rows], buf)
+        loss, correct, grad = self.net.loss_and_grad(w, x, y, buf)
         grad = to_host(grad)  # the server aggregates host arrays, whatever device sent them
         if grad_out is not None and grad is not grad_out:
             grad_out[...] = grad

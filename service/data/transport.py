@@ -7,8 +7,9 @@ Three ways, chosen per run (``--data-transport``):
   URI (``s3://bucket/mnist``, ``file:///shared/mnist``) is opened by every worker directly
   (reported as ``filesystem``).
 - ``object-store``: the driver reads each training shard once, checks its sha256 against the
-  manifest, and ``ray.put``s its bytes; workers on any node fetch the shards they own from Ray's
-  object store. Nothing but the driver needs to see the data directory.
+  manifest, and ``ray.put``s its bytes; workers on any node fetch the shards from Ray's object
+  store (every worker all of them: any part of a batch may move to any worker). Nothing but
+  the driver needs to see the data directory.
 - ``auto``: a URI is read by the workers; a path is memory-mapped on a single-node cluster and
   shipped through the object store on a cluster of several nodes, where the other nodes cannot
   be assumed to see the driver's disk.
@@ -40,7 +41,6 @@ from dtrain.workers.shards import (
     open_uri_file,
     read_ipc_bytes,
     shard_entries,
-    shards_for_rows,
 )
 
 TRANSPORTS: tuple[str, ...] = ("auto", "local", "object-store")
@@ -120,45 +120,33 @@ def choose(requested: str, data_dir: Path | str, alive_nodes: int) -> str:
     return "filesystem" if is_uri(data_dir) else "local"
 
 
-def worker_sources(
-    transport: str,
-    data_dir: Path | str,
-    manifest: dict[str, Any],
-    ranges: list[tuple[int, int]],
-) -> list[ShardSource]:
-    """One shard source per worker rank, for the rows ``ranges[rank]`` it owns.
+def train_source(transport: str, data_dir: Path | str, manifest: dict[str, Any]) -> ShardSource:
+    """Where every worker reads the training shards from: each worker holds all of them, so
+    that any part of a step's batch can move to any worker (``workers.sampling``).
 
-    With the object store, each training shard is put once and a worker gets the refs of only
-    the shards its rows lie in; the returned sources hold the refs, so keep them for the run.
+    With the object store, each training shard is put once and the returned source holds the
+    refs of all of them, so keep it for the run.
     """
     if transport == "local":
-        return [LocalShards(str(data_dir)) for _ in ranges]
+        return LocalShards(str(data_dir))
     if transport == "filesystem":
-        return [FileSystemShards(str(data_dir)) for _ in ranges]
+        return FileSystemShards(str(data_dir))
     if transport != "object-store":
         raise DtrainError(f"unknown data transport {transport!r}")
     import ray
 
-    by_file = {s["file"]: s for s in manifest["splits"]["train"]["shards"]}
-    needed = {
-        e.file for start, stop in ranges for e in shards_for_rows(manifest, "train", start, stop)
-    }
     refs: dict[str, Any] = {}
-    for name in sorted(needed):
+    for shard in manifest["splits"]["train"]["shards"]:
+        name = shard["file"]
         try:
             data = _read_shard(data_dir, name)
             # Hash the very bytes that are shipped, not the file as it was checked before.
-            _check_digest(data, by_file[name], name)
+            _check_digest(data, shard, name)
         except ShardError as e:
             raise DtrainError(str(e)) from e
         # A uint8 array, not bytes: workers get it back as a zero-copy view of the store.
         refs[name] = ray.put(np.frombuffer(data, dtype=np.uint8))
-    return [
-        ObjectStoreShards(
-            {e.file: refs[e.file] for e in shards_for_rows(manifest, "train", start, stop)}
-        )
-        for start, stop in ranges
-    ]
+    return ObjectStoreShards(refs)
 
 
 def _read_shard(data_dir: Path | str, name: str) -> bytes:

@@ -6,7 +6,6 @@ numbers and the final weights compare like with like.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 from dtrain.service.data import dataset
 from dtrain.service.errors import DtrainError
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
+from dtrain.workers import sampling
 from dtrain.workers.model import ModelSpec, Network, init_params
 from dtrain.workers.shards import ShardError, read_rows, to_float
 
@@ -98,18 +98,18 @@ def load_data(data_dir: Path) -> TrainData:
 def single_worker_batches(
     num_samples: int, batch: int, total_steps: int, seed: int
 ) -> list[tuple[int, np.ndarray]]:
-    """(epoch, sorted row indices) of each step, drawn as the rank-0 worker of a 1-worker run
-    draws them (``WorkerCore.batch_indices``), so the loops and dtrain see the same batches."""
-    spe = math.ceil(num_samples / batch)
+    """(epoch, sorted row indices) of each step, drawn as the only worker of a 1-worker run
+    draws them (``workers.sampling``), so the loops and dtrain see the same batches."""
+    spe = sampling.steps_per_epoch(num_samples, batch)
     out: list[tuple[int, np.ndarray]] = []
     epoch = 0
     perm = np.arange(0)
+    every_part = sampling.worker_parts(1, 0)
     for step in range(total_steps):
         if step % spe == 0:
             epoch += 1
-            perm = np.random.default_rng([seed, epoch, 0]).permutation(num_samples)
-        s = step % spe
-        out.append((epoch, np.sort(perm[s * batch : (s + 1) * batch])))
+            perm = sampling.epoch_permutation(seed, epoch, num_samples)
+        out.append((epoch, sampling.step_rows(perm, batch, step % spe, every_part)))
     return out
 
 

@@ -40,18 +40,16 @@ class ActorGroup:
         config: TrainConfig,
         *,
         manifest: dict[str, Any],
-        ranges: list[tuple[int, int]],
-        slices: list[int],
-        sources: list[ShardSource],
+        parts: list[tuple[int, int]],
+        source: ShardSource,
         total_steps: int,
         num_gpu_workers: int,
         shared_memory: bool,
     ) -> None:
         self.config = config
         self.manifest = manifest
-        self.ranges = ranges
-        self.slices = slices
-        self.sources = sources
+        self.parts = parts
+        self.source = source
         self.total_steps = total_steps
         self.num_gpu_workers = num_gpu_workers
         self.shared_memory = shared_memory
@@ -128,16 +126,16 @@ class ActorGroup:
                 rank=rank,
                 spec=c.model,
                 data_dir=str(c.data_dir),
-                source=self.sources[rank],
+                source=self.source,
                 manifest=self.manifest,
-                row_range=row_range,
-                batch_slice=self.slices[rank],
+                batch_size=c.batch_size,
+                parts=parts,
                 seed=c.seed,
                 exchange_dir=self.exchange_dir and str(self.exchange_dir),
                 num_slots=c.staleness + 1,
                 step_timeout=c.step_timeout_seconds,
             )
-            for rank, row_range in enumerate(self.ranges)
+            for rank, parts in enumerate(self.parts)
         ]
         self._wait_started([self.server.ready.remote(), *[w.ready.remote() for w in self.workers]])
         self.worker_nodes = self.get(

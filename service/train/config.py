@@ -11,6 +11,7 @@ from typing import Any
 from dtrain.service.data.transport import TRANSPORTS
 from dtrain.service.ps.optim import OptimizerConfig
 from dtrain.workers.model import ModelSpec
+from dtrain.workers.sampling import MAX_WORKERS
 from dtrain.workers.shards import is_uri
 
 EXCHANGES: tuple[str, ...] = ("auto", "shared-memory", "object-store")
@@ -62,8 +63,10 @@ class TrainConfig:
         metadata=option("Global mini-batch size, split across the workers.", min=1),
     )
     # One per core on the 2-core reference machine.
+    # At most one per part of a batch (workers.sampling): a worker owns whole parts.
     num_workers: int = field(
-        default=2, metadata=option("Worker actors computing gradients.", min=1)
+        default=2,
+        metadata=option("Worker actors computing gradients.", min=1, max=MAX_WORKERS),
     )
     model: ModelSpec = field(default_factory=ModelSpec)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -182,8 +185,9 @@ class TrainConfig:
         for name, kind in (("model", ModelSpec), ("optimizer", OptimizerConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}")
-        for name in ("epochs", "batch_size", "num_workers"):
+        for name in ("epochs", "batch_size"):
             _check_int(name, getattr(self, name), 1)
+        _check_int("num_workers", self.num_workers, 1, MAX_WORKERS)
         for name in ("checkpoint_every", "max_restarts"):
             _check_int(name, getattr(self, name), 0)
         _check_int("staleness", self.staleness, 0, MAX_STALENESS)
@@ -225,7 +229,7 @@ class TrainConfig:
         if self.batch_size < self.num_workers:
             raise ValueError(
                 f"batch_size ({self.batch_size}) must be >= num_workers ({self.num_workers}): "
-                "every worker takes at least one sample per step"
+                "a smaller batch leaves workers without samples"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,16 +1,18 @@
-"""How an epoch is cut into synchronous steps across workers that own unequal amounts of data.
+"""How an epoch is cut into synchronous steps, and which parts of each step's batch each worker
+computes.
 
-Each worker takes a fixed slice of every global batch, proportional to the samples it owns, so
-every worker does about the same work per step (unequal work deadlocks or stalls a sync step)
-and every sample is visited exactly once per epoch.
+The sampling itself (one permutation of all training rows per epoch, fixed parts of every
+batch) lives in ``workers.sampling``, where the workers draw their rows; this is the driver's
+side: the steps of an epoch and the assignment of parts to the current workers. Call
+``plan_epoch`` again with another worker count to reassign the parts at a step boundary.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from dtrain.service.errors import DtrainError
+from dtrain.workers.sampling import assign_parts, steps_per_epoch
 
 
 def split_evenly(total: int, parts: int) -> list[tuple[int, int]]:
@@ -24,33 +26,11 @@ def split_evenly(total: int, parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def worker_batch_sizes(batch_size: int, counts: list[int]) -> list[int]:
-    """Each worker's share of a global batch, by largest remainder so the shares sum exactly."""
-    total = sum(counts)
-    exact = [batch_size * c / total for c in counts]
-    sizes = [max(1, math.floor(e)) for e in exact]
-    order = sorted(range(len(counts)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
-    for i in order:
-        if sum(sizes) >= batch_size:
-            break
-        sizes[i] += 1
-    # Raising tiny shares to 1 can overshoot: take the excess back from the largest shares.
-    while sum(sizes) > batch_size:
-        sizes[sizes.index(max(sizes))] -= 1
-    return sizes
-
-
-def steps_per_epoch(counts: list[int], sizes: list[int]) -> int:
-    """Enough steps for the slowest worker to visit all of its samples once."""
-    return max(math.ceil(n / b) for n, b in zip(counts, sizes, strict=True))
-
-
 @dataclass(frozen=True, kw_only=True)
 class EpochPlan:
-    """Who owns which training rows, each worker's slice of a batch, and the steps per epoch."""
+    """Each worker's block of parts of every batch, and the steps per epoch."""
 
-    ranges: list[tuple[int, int]]
-    slices: list[int]
+    parts: list[tuple[int, int]]
     steps_per_epoch: int
 
 
@@ -64,7 +44,8 @@ def plan_epoch(num_train: int, num_workers: int, batch_size: int) -> EpochPlan:
         raise DtrainError(
             f"--batch-size {batch_size} is more than the {num_train} training samples"
         )
-    ranges = split_evenly(num_train, num_workers)
-    counts = [stop - start for start, stop in ranges]
-    slices = worker_batch_sizes(batch_size, counts)
-    return EpochPlan(ranges=ranges, slices=slices, steps_per_epoch=steps_per_epoch(counts, slices))
+    try:
+        parts = assign_parts(num_workers)
+    except ValueError as e:  # config validation bounds num_workers; callers may not have one
+        raise DtrainError(str(e)) from None
+    return EpochPlan(parts=parts, steps_per_epoch=steps_per_epoch(num_train, batch_size))

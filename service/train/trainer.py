@@ -1,8 +1,8 @@
 """One training run, start to end: build, train (rebuilding lost actors), close.
 
-The pieces live beside this file: ``session`` (Ray and the cluster's capacity), ``plan`` (rows
-and batch slices per worker), ``actors`` (the server and workers' lifecycle), ``loop`` (the
-steps), ``recovery`` (snapshots, checkpoints, the restart policy).
+The pieces live beside this file: ``session`` (Ray and the cluster's capacity), ``plan`` (steps
+per epoch, each worker's parts of a batch), ``actors`` (the server and workers' lifecycle),
+``loop`` (the steps), ``recovery`` (snapshots, checkpoints, the restart policy).
 """
 
 from __future__ import annotations
@@ -153,18 +153,18 @@ class Trainer:
             checkpoint.atomic_write_bytes(
                 c.run_dir / "config.json", json.dumps(c.to_dict(), indent=2).encode()
             )
-        # The data transport and each rank's shard source are fixed once per run: object-store
-        # sources hold the refs of the shipped shards, which must outlive every rebuild.
+        # The data transport and the workers' shard source are fixed once per run: an
+        # object-store source holds the refs of the shipped shards, which must outlive every
+        # rebuild.
         self._transport = transport.choose(
             c.data_transport, c.data_dir, len(transport.alive_nodes())
         )
-        sources = transport.worker_sources(self._transport, c.data_dir, manifest, plan.ranges)
+        source = transport.train_source(self._transport, c.data_dir, manifest)
         return ActorGroup(
             c,
             manifest=manifest,
-            ranges=plan.ranges,
-            slices=plan.slices,
-            sources=sources,
+            parts=plan.parts,
+            source=source,
             total_steps=total_steps,
             num_gpu_workers=gpu_workers,
             shared_memory=shared_memory,

@@ -438,19 +438,19 @@ import ray
 from dtrain.service.data import transport
 from dtrain.workers.actor import Worker
 from dtrain.workers.model import ModelSpec
-from dtrain.service.train.plan import split_evenly
+from dtrain.service.train.plan import plan_epoch
 
 data = Path(sys.argv[1])
 ray.init(address=os.environ["GCS_ADDRESS"], logging_level="ERROR")
 manifest = transport.load_manifest(data)
-ranges = split_evenly(manifest["splits"]["train"]["num_samples"], 2)
-sources = transport.worker_sources("object-store", data, manifest, ranges)
+plan = plan_epoch(manifest["splits"]["train"]["num_samples"], 2, 128)
+source = transport.train_source("object-store", data, manifest)
 shutil.rmtree(data)  # from here on the rows exist only in Ray's object store
 cls = ray.remote(Worker).options(num_cpus=1, scheduling_strategy="SPREAD")
 workers = [
-    cls.remote(rank=r, spec=ModelSpec(), data_dir=None, manifest=manifest, row_range=rows,
-               batch_slice=64, seed=0, source=sources[r])
-    for r, rows in enumerate(ranges)
+    cls.remote(rank=r, spec=ModelSpec(), data_dir=None, manifest=manifest, batch_size=128,
+               parts=parts, seed=0, source=source)
+    for r, parts in enumerate(plan.parts)
 ]
 print(json.dumps({"rows": ray.get([w.ready.remote() for w in workers]),
                   "nodes": ray.get([w.node_id.remote() for w in workers])}))
@@ -466,7 +466,7 @@ def test_workers_need_no_data_dir_with_the_object_store(
     assert done.returncode == 0, done.stderr[-3000:]
     assert not data.exists()
     out = json.loads(done.stdout.splitlines()[-1])
-    assert out["rows"] == [30000, 30000]
+    assert out["rows"] == [60000, 60000]  # every worker holds every training row
     assert set(out["nodes"]) == cluster.node_ids()
 
 

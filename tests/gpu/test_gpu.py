@@ -15,7 +15,8 @@ from dtrain.service.train.trainer import Trainer
 from dtrain.workers.core import WorkerCore
 from dtrain.workers.device import array_module
 from dtrain.workers.model import ModelSpec, init_params
-from dtrain.workers.shards import read_rows, to_float
+from dtrain.workers.rows import TrainRows
+from dtrain.workers.shards import read_rows
 
 
 def test_gpu_gradients_match_cpu_gradients_on_the_same_batch(prepared_mnist: Path) -> None:
@@ -29,9 +30,9 @@ def test_gpu_gradients_match_cpu_gradients_on_the_same_batch(prepared_mnist: Pat
     kwargs = {
         "rank": 0,
         "spec": spec,
-        "images": to_float(x),
-        "labels": y,
-        "batch_slice": 512,
+        "rows": TrainRows.of(x, y),
+        "batch_size": 512,
+        "parts": (0, 64),
         "seed": 0,
     }
     g_cpu, s_cpu = WorkerCore(**kwargs).compute_gradients(params, 1, 3)

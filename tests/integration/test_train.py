@@ -23,12 +23,13 @@ from dtrain.service.ps.optim import OptimizerConfig
 from dtrain.service.ps.server import ServerCore
 from dtrain.service.train import checkpoint
 from dtrain.service.train.config import TrainConfig
-from dtrain.service.train.plan import split_evenly, worker_batch_sizes
+from dtrain.service.train.plan import plan_epoch
 from dtrain.service.train.trainer import Trainer
 from dtrain.workers.core import WorkerCore
 from dtrain.workers.exchange import exchange_root
 from dtrain.workers.model import init_params
-from dtrain.workers.shards import read_rows, to_float
+from dtrain.workers.rows import TrainRows
+from dtrain.workers.shards import read_rows
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -75,21 +76,18 @@ def test_ray_run_equals_the_plain_loop(
 
     manifest = dataset.read_manifest(prepared_mnist)
     n = manifest["splits"]["train"]["num_samples"]
-    ranges = split_evenly(n, 3)
-    sizes = worker_batch_sizes(128, [b - a for a, b in ranges])
-    workers = []
-    for rank, (a, b) in enumerate(ranges):
-        x, y = read_rows(prepared_mnist, manifest, "train", a, b)
-        workers.append(
-            WorkerCore(
-                rank=rank,
-                spec=config.model,
-                images=to_float(x),
-                labels=y,
-                batch_slice=sizes[rank],
-                seed=config.seed,
-            )
+    x, y = read_rows(prepared_mnist, manifest, "train", 0, n)
+    workers = [
+        WorkerCore(
+            rank=rank,
+            spec=config.model,
+            rows=TrainRows.of(x, y),
+            batch_size=128,
+            parts=parts,
+            seed=config.seed,
         )
+        for rank, parts in enumerate(plan_epoch(n, 3, 128).parts)
+    ]
     server = ServerCore(
         spec=config.model,
         optimizer=config.optimizer,

@@ -312,6 +312,14 @@ CASES = [
         "batch_size (4) must be >= num_workers (8)",
     ),
     Case(
+        "workers-above-partitions",
+        "cli",
+        "`--num-workers 65` (at most 64: the parts of a batch)",
+        lambda ws: ["train", "--num-workers", "65"],
+        2,
+        "'--num-workers': 65 is not in the range 1<=x<=64",
+    ),
+    Case(
         "more-workers-than-samples",
         "cli",
         "`--num-workers 40` on a 30-sample dataset",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
 from dtrain.service.ps.server import ServerCore
-from dtrain.service.train.plan import split_evenly, steps_per_epoch, worker_batch_sizes
+from dtrain.service.train.plan import plan_epoch, split_evenly
 from dtrain.workers.core import WorkerCore
 from dtrain.workers.model import ModelSpec, Network, init_params
+from dtrain.workers.rows import TrainRows
 
 SPEC = ModelSpec(input_size=20, hidden_sizes=(16,), num_classes=10)
 
@@ -24,31 +27,17 @@ def test_split_evenly_covers_everything_once() -> None:
     assert split_evenly(2, 2) == [(0, 1), (1, 2)]
 
 
-@pytest.mark.parametrize(
-    ("batch", "counts"),
-    [(128, [30000, 30000]), (128, [20000] * 3), (7, [5, 100, 1]), (3, [1, 1, 1])],
-)
-def test_worker_batch_sizes_sum_to_the_batch_and_visit_every_sample(
-    batch: int, counts: list[int]
-) -> None:
-    sizes = worker_batch_sizes(batch, counts)
-    assert sum(sizes) == batch and min(sizes) >= 1
-    spe = steps_per_epoch(counts, sizes)
-    assert all(spe * b >= n for n, b in zip(counts, sizes, strict=True))
-
-
 def test_mnist_default_plan_matches_keras_steps() -> None:
-    counts = [30000, 30000]
-    sizes = worker_batch_sizes(128, counts)
-    assert sizes == [64, 64] and steps_per_epoch(counts, sizes) == 469  # ceil(60000/128)
+    plan = plan_epoch(60000, 2, 128)
+    assert plan.steps_per_epoch == 469  # ceil(60000/128)
+    assert plan.parts == [(0, 32), (32, 64)]
 
 
 def make_workers(x: np.ndarray, y: np.ndarray, num: int, batch: int) -> list[WorkerCore]:
-    ranges = split_evenly(len(x), num)
-    sizes = worker_batch_sizes(batch, [b - a for a, b in ranges])
+    rows = TrainRows.of(x, y)
     return [
-        WorkerCore(rank=r, spec=SPEC, images=x[a:b], labels=y[a:b], batch_slice=sizes[r], seed=3)
-        for r, (a, b) in enumerate(ranges)
+        WorkerCore(rank=r, spec=SPEC, rows=rows, batch_size=batch, parts=parts, seed=3)
+        for r, parts in enumerate(plan_epoch(len(x), num, batch).parts)
     ]
 
 
@@ -58,9 +47,7 @@ def test_sharded_step_equals_one_process_step_on_the_same_samples() -> None:
     params = init_params(SPEC, 0)
     results = [w.compute_gradients(params, epoch=1, step=2) for w in workers]
     # The same samples, gathered in one process, averaged the plain way.
-    idx = np.concatenate(
-        [w.batch_indices(1, 2) + off for w, off in zip(workers, [0, 34, 68], strict=True)]
-    )
+    idx = np.concatenate([w.batch_indices(1, 2) for w in workers])
     _, _, g = Network(SPEC).loss_and_grad(params, x[idx], y[idx].astype(np.int64))
     expected = g / len(idx)
     server = ServerCore(
@@ -77,12 +64,37 @@ def test_sharded_step_equals_one_process_step_on_the_same_samples() -> None:
     assert stats.grad_norm == pytest.approx(float(np.linalg.norm(expected)), rel=1e-4)
 
 
-def test_every_worker_sample_is_visited_once_per_epoch_and_reshuffled() -> None:
+def test_every_sample_is_visited_once_per_epoch_and_reshuffled() -> None:
     x, y = data(50)
     (w,) = make_workers(x, y, 1, 8)
-    seen = np.concatenate([w.batch_indices(1, s) for s in range(steps_per_epoch([50], [8]))])
+    seen = np.concatenate(
+        [w.batch_indices(1, s) for s in range(plan_epoch(50, 1, 8).steps_per_epoch)]
+    )
     assert sorted(seen.tolist()) == list(range(50))
     assert not np.array_equal(w.permutation(1), w.permutation(2))
+
+
+def test_uint8_shards_give_the_gradient_of_the_rows_converted_up_front() -> None:
+    """Gathering a step's rows across shards and converting them then gives the bits of
+    converting the whole split first (what workers did before they held every row)."""
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(90, 20), dtype=np.uint8)
+    y = rng.integers(0, 10, size=90).astype(np.uint8)
+    cuts = [0, 7, 40, 41, 90]  # shards of unequal size, one of a single row
+    shards = TrainRows(
+        [pixels[a:b] for a, b in itertools.pairwise(cuts)],
+        [y[a:b] for a, b in itertools.pairwise(cuts)],
+    )
+    whole = (pixels.astype(np.float32) / np.float32(255.0), y)
+    params = init_params(SPEC, 0)
+    kwargs = {"rank": 0, "spec": SPEC, "batch_size": 32, "parts": (0, 64), "seed": 1}
+    a = WorkerCore(rows=shards, **kwargs)
+    b = WorkerCore(rows=TrainRows.of(*whole), **kwargs)
+    assert np.unique(np.searchsorted(cuts, a.batch_indices(1, 1), side="right")).size > 1
+    ga, sa = a.compute_gradients(params, 1, 1)
+    gb, sb = b.compute_gradients(params, 1, 1)
+    np.testing.assert_array_equal(ga, gb)
+    assert (sa.loss_sum, sa.correct, sa.count) == (sb.loss_sum, sb.correct, 32)
 
 
 def test_a_replayed_step_gives_the_same_bits() -> None:
@@ -93,6 +105,16 @@ def test_a_replayed_step_gives_the_same_bits() -> None:
     w1.compute_gradients(params, 2, 3)  # other work in between
     np.testing.assert_array_equal(g1, w1.compute_gradients(params, 2, 1)[0])
     np.testing.assert_array_equal(g1, w2.compute_gradients(params, 2, 1)[0])
+
+
+def test_a_worker_without_rows_in_a_step_sends_a_zero_gradient() -> None:
+    """The last, short step of an epoch can leave a worker no row; it still answers."""
+    x, y = data(65)
+    workers = make_workers(x, y, 2, 64)  # step 1 of the epoch holds 1 row
+    params = init_params(SPEC, 0)
+    (g0, s0), (g1, s1) = (w.compute_gradients(params, 1, 1) for w in workers)
+    assert (s0.count, s1.count) == (0, 1)
+    assert not g0.any() and g1.any()
 
 
 def test_server_refuses_out_of_order_steps_and_never_applies_nan() -> None:

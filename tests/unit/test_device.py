@@ -12,6 +12,7 @@ from dtrain.service.train.config import TrainConfig
 from dtrain.workers.core import WorkerCore
 from dtrain.workers.device import DeviceError, array_module, to_host
 from dtrain.workers.model import ModelSpec, init_params
+from dtrain.workers.rows import TrainRows
 
 SPEC = ModelSpec(input_size=20, hidden_sizes=(16,), num_classes=10)
 
@@ -52,7 +53,8 @@ def test_device_worker_returns_host_gradients_equal_to_the_cpu_worker() -> None:
     x = rng.random((64, 20), dtype=np.float32)
     y = rng.integers(0, 10, 64).astype(np.uint8)
     params = init_params(SPEC, 0)
-    kwargs = {"rank": 0, "spec": SPEC, "images": x, "labels": y, "batch_slice": 16, "seed": 1}
+    rows = TrainRows.of(x, y)
+    kwargs = {"rank": 0, "spec": SPEC, "rows": rows, "batch_size": 16, "parts": (0, 64), "seed": 1}
     cpu = WorkerCore(**kwargs)
     dev = WorkerCore(**kwargs, xp=fake_device_module())
     assert isinstance(dev.x, DeviceArray)  # rows were moved to the "device" once
