@@ -38,6 +38,15 @@ POLL_SECONDS = 0.5
 Evaluate = Callable[[np.ndarray], tuple[float, float]]
 
 
+class Regroup(Exception):
+    """The loop stopped at a segment boundary for the run to continue with ``size`` workers;
+    every actor is alive and idle, the server at the driver's step."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"regroup to {size} workers")
+        self.size = size
+
+
 class StepLoop:
     """Runs steps ``start.progress.step + 1 .. total_steps`` on one ``ActorGroup``."""
 
@@ -50,8 +59,12 @@ class StepLoop:
         emit: Callable[..., None],
         checkpointer: Checkpointer,
         evaluate: Evaluate | None,
+        regroup: Callable[[], int | None] | None = None,
     ) -> None:
+        """``regroup``: asked at every segment boundary; a worker count ends the loop there
+        with ``Regroup`` (an elastic run grows), None goes on."""
         self.group = group
+        self.regroup = regroup
         self.config = group.config
         self.spe = steps_per_epoch
         self.total_steps = total_steps
@@ -123,6 +136,10 @@ class StepLoop:
                 self._checkpoint(server.state.remote(), on_snapshot)
             if step % self.spe == 0 or step == self.total_steps:
                 self._end_epoch((step - 1) // self.spe + 1, server.get_weights.remote())
+            if self.regroup is not None and step < self.total_steps:
+                size = self.regroup()
+                if size is not None:
+                    raise Regroup(size)
 
     def _follow(self, refs: list[Any]) -> None:
         """Until every actor has finished its segment, feed the server's progress to the
