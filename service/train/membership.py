@@ -53,7 +53,8 @@ class Membership:
         size = min(wanted, capacity)
         if size < self.fewest:
             why = (
-                f"{num_lost} of {self.size} workers were lost with no restart left"
+                f"{num_lost} of {self.size} workers were lost with no restart left, leaving "
+                f"{wanted}, fewer than the minimum {self.fewest} (--num-workers MIN:MAX)"
                 if not restart and wanted < self.fewest
                 else ""
             )
