@@ -75,6 +75,11 @@ class BenchConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.two_node and self.exchange == "shared-memory":
+            raise ValueError(
+                "two_node: the two-node cluster's step exchange goes through the object store, "
+                "not --exchange shared-memory (use auto)"
+            )
         for b in self.batch_sizes:
             for w in self.workers:
                 if b < w:
