@@ -34,7 +34,8 @@ def _driver_token(token: str) -> Iterator[None]:
     Ray reads the token once per process and caches it (the single-node runs before these
     cached the local Ray's): the cache is reset on the way in and again on the way out.
     """
-    from ray._raylet import AuthenticationTokenLoader
+    # Compiled in Ray's _raylet, whose stubs do not list it; Ray's own token setup uses it so.
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
 
     saved = os.environ.get(TOKEN_VARIABLE)
     os.environ[TOKEN_VARIABLE] = token
