@@ -9,7 +9,7 @@ overhead against the single-node rows of the same run; they are no promise of a 
 Nothing is left running: the cluster is stopped on the way out of ``two_node_ray`` whatever
 ends it (an error, Ctrl-C, SIGTERM through dtrain's handler), and its processes carry the
 bench's local-Ray owner tag, so the reaper of service/train/localray.py ends them even if the
-bench itself is killed outright.
+bench itself is killed outright (then the cluster's directory under /tmp is left behind).
 """
 
 from __future__ import annotations
