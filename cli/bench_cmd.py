@@ -8,7 +8,14 @@ from typing import Any
 import click
 
 from dtrain.cli.jsonout import stdout_to_stderr
-from dtrain.cli.options import data_dir_option, json_option, parse_int_list
+from dtrain.cli.options import (
+    config_options,
+    data_dir_option,
+    json_option,
+    parse_int_list,
+    with_options,
+)
+from dtrain.service.perf.config import BenchConfig
 from dtrain.service.train.config import DEVICES, EXCHANGES, MAX_SEED
 
 
@@ -138,6 +145,8 @@ sim_workers_option = click.option(
     show_default=True,
     help="Where dtrain's workers compute (gpu: CuPy, one GPU per worker); the loops stay on CPU.",
 )
+# Options defined by BenchConfig's own fields; not its nested model and optimizer (train's).
+@with_options([o for o in config_options(BenchConfig) if "." not in o.field_path])
 @json_option("the whole report")
 def bench(quick: bool, as_json: bool, **options: Any) -> None:
     """Time dtrain against the sgemm floor, a plain NumPy loop and PyTorch, in one run.
@@ -146,7 +155,6 @@ def bench(quick: bool, as_json: bool, **options: Any) -> None:
     per-step breakdown of dtrain, its peak memory, and where the issue's targets stand.
     """
     from dtrain.service.perf import bench as b
-    from dtrain.service.perf.config import BenchConfig
     from dtrain.service.perf.report import format_report
 
     try:

@@ -11,7 +11,9 @@ machines or with the load on this one. Variants:
   weights up to sgemm rounding;
 - ``torch``: the equivalent ``nn.Sequential`` with ``torch.optim.SGD`` (when torch imports);
 - ``dtrain``: ``Trainer`` on Ray with 1, 2, ... workers, with a per-step breakdown from its
-  ``StepStats`` and the peak resident memory of the driver and its actor processes.
+  ``StepStats`` and the peak resident memory of the driver and its actor processes;
+- ``dtrain-two-node`` (``--two-node``): the same runs on a two-node loopback cluster
+  (twonode.py).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ Progress = Callable[[str], None]
 Plans = dict[int, tuple[int, int]]
 # dtrain's runs by (batch size, workers, staleness).
 Runs = dict[tuple[int, int, int], DtrainRun]
+TWO_NODE = "dtrain-two-node"
 
 
 def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport:
@@ -76,12 +79,17 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport
     }
     # dtrain first: the driver's memory peak is then its own, not the loops' copies of the data.
     runs, probes, simulation = _on_ray(cfg, plans, say)
-    rows, breakdown = _rows(cfg, plans, runs, torch, say)
+    machine = machine_info(torch)
+    two_node: Runs = {}
+    if cfg.two_node:
+        two_node, machine["two_node_cluster"] = _on_two_nodes(cfg, plans, say)
+    rows, breakdown = _rows(cfg, plans, runs, torch, say, two_node)
     set_ratios(rows)
-    split_overhead(breakdown, probes, cfg.exchange)
+    # The probe prices one node's object store; what crosses nodes is not split out.
+    split_overhead([b for b in breakdown if b.variant == "dtrain"], probes, cfg.exchange)
     return BenchReport(
         config=cfg,
-        machine=machine_info(torch),
+        machine=machine,
         rows=rows,
         breakdown=breakdown,
         probes=probes,
@@ -101,8 +109,10 @@ def _on_ray(
     runs: Runs = {}
     probes: list[Probe] = []
     simulation = None
-    num_cpus = max(os.cpu_count() or 1, max(cfg.workers, default=1))
-    with ray_session(None, num_cpus), tempfile.TemporaryDirectory(prefix="dtrain-bench-") as tmp:
+    with (
+        ray_session(None, _num_cpus(cfg)),
+        tempfile.TemporaryDirectory(prefix="dtrain-bench-") as tmp,
+    ):
         for batch, (steps, _) in plans.items():
             for w in cfg.workers:
                 for k in cfg.staleness:
@@ -127,12 +137,40 @@ def _on_ray(
     return runs, probes, simulation
 
 
+def _num_cpus(cfg: BenchConfig) -> int:
+    """The CPUs a (local, or each two-node) Ray node offers: the cores, or enough workers."""
+    return max(os.cpu_count() or 1, max(cfg.workers, default=1))
+
+
+def _on_two_nodes(cfg: BenchConfig, plans: Plans, say: Progress) -> tuple[Runs, dict[str, Any]]:
+    """dtrain's runs again, on a two-node loopback cluster started (and stopped) for them."""
+    from dtrain.service.perf.twonode import NUM_NODES, two_node_ray
+
+    cpus = _num_cpus(cfg)
+    runs: Runs = {}
+    with (
+        two_node_ray(cpus, say) as cluster,
+        tempfile.TemporaryDirectory(prefix="dtrain-bench-") as tmp,
+    ):
+        for batch, (steps, _) in plans.items():
+            for w in cfg.workers:
+                for k in cfg.staleness:
+                    total = cfg.warmup_steps + steps
+                    say(f"dtrain, two nodes: batch {batch}, {w} workers, staleness {k}")
+                    runs[(batch, w, k)] = dtrain_run(
+                        cfg, batch, w, total, Path(tmp), k, cluster.processes
+                    )
+    info = {"nodes": NUM_NODES, "cpus_per_node": cpus, "node_ip": "127.0.0.1"}
+    return runs, info
+
+
 def _rows(
     cfg: BenchConfig,
     plans: Plans,
     runs: Runs,
     torch: Any,
     say: Progress,
+    two_node: Runs,
 ) -> tuple[list[Row], list[Breakdown]]:
     """Times the single-process variants; one row per variant and batch size, in table order."""
     say("loading the training data for the single-process loops")
@@ -159,13 +197,14 @@ def _rows(
         if torch is not None:
             timed = torch_loop(torch, loop, threads)
             rows.append(make_row("torch", batch, 1, timed, warm, spe))
-        for w in cfg.workers:
-            for k in cfg.staleness:
-                run = runs[(batch, w, k)]
-                row = make_row("dtrain", batch, w, run.timed, warm, run.steps_per_epoch)
+        for variant, done in (("dtrain", runs), (TWO_NODE, two_node)):
+            for (b, w, k), run in done.items():
+                if b != batch:
+                    continue
+                row = make_row(variant, batch, w, run.timed, warm, run.steps_per_epoch)
                 row.staleness = k
                 rows.append(row)
-                breakdown.append(make_breakdown(run, batch, w, warm, plain.params))
+                breakdown.append(make_breakdown(run, batch, w, warm, plain.params, variant))
     return rows, breakdown
 
 

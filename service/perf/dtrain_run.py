@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,16 @@ class StepRecorder(Observer):
     """Keeps every ``StepStats``, samples the job's memory at the last step and the end, and
     the CPU time of the driver and the actors over the measured steps (after ``warmup``)."""
 
-    def __init__(self, last_step: int, warmup: int = 0) -> None:
+    def __init__(
+        self,
+        last_step: int,
+        warmup: int = 0,
+        processes: Callable[[], Iterable[int]] | None = None,
+    ) -> None:
         self.last_step = last_step
         self.warmup = warmup
         self.steps: list[StepStats] = []
-        self.memory = JobMemory()
+        self.memory = JobMemory(processes)
         self.cpu = CpuShare(self.memory)
         self._measuring = False
         self.info: JobInfo | None = None
@@ -74,7 +80,10 @@ def dtrain_run(
     total_steps: int,
     run_root: Path,
     staleness: int = 0,
+    processes: Callable[[], Iterable[int]] | None = None,
 ) -> DtrainRun:
+    """``processes``: where the run's actor processes are (JobMemory); by default this
+    process's descendants, as on the local Ray it starts."""
     from dtrain.service.train.config import TrainConfig
     from dtrain.service.train.trainer import Trainer
 
@@ -95,7 +104,7 @@ def dtrain_run(
         device=cfg.device,
         staleness=staleness,
     )
-    recorder = StepRecorder(total_steps, cfg.warmup_steps)
+    recorder = StepRecorder(total_steps, cfg.warmup_steps, processes)
     summary = Trainer(config, [recorder]).run()
     params = checkpoint.load(Path(summary.checkpoint)).params
     if len(recorder.steps) != total_steps or recorder.info is None:

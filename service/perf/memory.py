@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +72,15 @@ def reset_peak_rss() -> bool:
 class JobMemory:
     """Peak RSS of this driver and of the run's actor processes.
 
-    The actors' processes are found by their title among this process's descendants, which holds
-    when this process started the local Ray; processes already titled so before the run (a
+    The actors' processes are found by their title among ``candidates()``: by default this
+    process's descendants, which holds when this process started the local Ray; on a cluster it
+    did not start, that cluster's processes. Processes already titled so before the run (a
     previous run's, being killed) are left out. Shared object-store pages count once per process
     that touched them, so the sum is an upper bound.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, candidates: Callable[[], Iterable[int]] | None = None) -> None:
+        self._candidates = candidates or (lambda: descendants(os.getpid()))
         self._before: set[int] = set()
         self.actors: dict[int, tuple[str, int]] = {}
         self.driver: int | None = None
@@ -91,7 +94,7 @@ class JobMemory:
         if not PROC.is_dir():
             return {}
         out = {}
-        for pid in descendants(os.getpid()):
+        for pid in self._candidates():
             title = process_title(pid)
             if ACTOR_TITLE.match(title):
                 out[pid] = title.split(".", 1)[0].removeprefix("ray::")

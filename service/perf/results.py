@@ -82,10 +82,17 @@ class Breakdown:
     # in a 1-CPU actor) instead of the loop's 2: 1e-8 after a step, 1e-6 after an epoch, where
     # another batch order gives 1e-3.
     max_weight_difference_to_numpy: float | None
+    # The row's variant: "dtrain", or "dtrain-two-node" on the two-node loopback cluster.
+    variant: str = "dtrain"
 
 
 def make_breakdown(
-    run: DtrainRun, batch: int, workers: int, warmup: int, numpy_params: np.ndarray | None
+    run: DtrainRun,
+    batch: int,
+    workers: int,
+    warmup: int,
+    numpy_params: np.ndarray | None,
+    variant: str = "dtrain",
 ) -> Breakdown:
     measured = run.steps[warmup:] or run.steps
     step = statistics.fmean(s.step_seconds for s in measured)
@@ -113,6 +120,7 @@ def make_breakdown(
         driver_cpu_ratio=run.driver_cpu_ratio,
         processes=run.memory.processes(),
         max_weight_difference_to_numpy=diff,
+        variant=variant,
     )
 
 

@@ -1,200 +1,44 @@
-"""A real multi-node Ray cluster on this machine: `ray start --head` plus `ray start --address`.
-
-Each node gets its own temp dir and ports (two Ray nodes on one machine otherwise fight over
-the dashboard agent's port), token authentication with a token made for this cluster alone,
-and the venv on its PATH as a cluster image would have dtrain installed. Jobs go through the
-real Jobs API with `dtrain submit`; teardown kills only this cluster's processes (those that
-carry its marker in their environment), never `ray stop`, which would stop every Ray here.
+"""dtrain on a real two-node Ray cluster on this machine (service/loopback.py: `ray start
+--head` plus `ray start --address`, loopback only, a token of its own). Jobs go through the real
+Jobs API with `dtrain submit`; teardown ends only this cluster's processes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import random
 import re
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parents[2]
-MARKER = "DTRAIN_TEST_CLUSTER"
+from dtrain.service.loopback import BIN, LoopbackCluster
+
 NODES = 2
 CPUS_PER_NODE = 2
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free loopback ports (held together while chosen, so all differ)."""
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-@dataclass
-class LoopbackCluster:
-    root: Path
-    data_dir: Path
-    token: str = field(default_factory=lambda: secrets.token_hex(32))
-    gcs_address: str = ""
-    dashboard_url: str = ""
-    pgids: list[int] = field(default_factory=list)
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The nodes' environment, and the clients': the same token, no other cluster's address."""
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_TOKEN_PATH")
-        }
-        env.update(
-            RAY_AUTH_MODE="token",
-            RAY_AUTH_TOKEN=self.token,
-            PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-            DTRAIN_DATA_DIR=str(self.data_dir),
-            DTRAIN_RUNS_DIR=str(self.root / "runs"),
-            RAY_USAGE_STATS_ENABLED="0",
-        )
-        # Inherited by every process a node starts, workers included: what teardown looks for.
-        env[MARKER] = str(self.root)
-        return env
-
-    def start(self) -> None:
-        self._start_node(head=True)
-        for _ in range(NODES - 1):
-            self._start_node(head=False)
-        self._wait_for_nodes(NODES)
-
-    def _start_node(self, head: bool) -> None:
-        ports = free_ports(9)
-        # Worker ports outside Ray's default range (10002-19999) that local Rays use.
-        base = random.randrange(20000, 32000, 100)
-        name = "head" if head else f"node{len(self.pgids)}"
-        cmd = [
-            str(BIN / "ray"),
-            "start",
-            # Ray replaces a loopback node address with the machine's own; all nodes share it.
-            "--node-ip-address=127.0.0.1",
-            f"--num-cpus={CPUS_PER_NODE}",
-            f"--object-store-memory={256 * 2**20}",
-            f"--temp-dir={self.root / name}",
-            f"--node-manager-port={ports[0]}",
-            f"--object-manager-port={ports[1]}",
-            f"--metrics-export-port={ports[2]}",
-            f"--dashboard-agent-listen-port={ports[3]}",
-            f"--dashboard-agent-grpc-port={ports[4]}",
-            f"--runtime-env-agent-port={ports[5]}",
-            f"--min-worker-port={base}",
-            f"--max-worker-port={base + 99}",
-            "--disable-usage-stats",
-        ]
-        if head:
-            self.gcs_address = f"127.0.0.1:{ports[6]}"
-            self.dashboard_url = f"http://127.0.0.1:{ports[7]}"
-            cmd += [
-                "--head",
-                f"--port={ports[6]}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={ports[7]}",
-                f"--ray-client-server-port={ports[8]}",
-            ]
-        else:
-            cmd.append(f"--address={self.gcs_address}")
-        # A session of its own: every daemon this node starts shares its process group.
-        proc = subprocess.Popen(
-            cmd,
-            env=self.env,
-            start_new_session=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.pgids.append(proc.pid)
-        out, _ = proc.communicate(timeout=180)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ray start ({name}) failed with {proc.returncode}:\n{out[-3000:]}")
-
-    def api(self, path: str) -> Any:
-        request = urllib.request.Request(
-            self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read())
-
-    def node_ids(self) -> set[str]:
-        summary = self.api("/nodes?view=summary")["data"]["summary"]
-        return {n["raylet"]["nodeId"] for n in summary if n["raylet"]["state"] == "ALIVE"}
-
-    def _wait_for_nodes(self, n: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if len(self.node_ids()) == n:
-                    return
-            except OSError:
-                pass  # the dashboard is still starting
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster did not reach {n} live nodes in {timeout:g}s")
-            time.sleep(0.5)
-
-    def marked(self) -> list[int]:
-        needle = f"{MARKER}={self.root}\0".encode()
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
-                try:
-                    if needle in (proc / "environ").read_bytes():
-                        pids.append(int(proc.name))
-                except OSError:
-                    continue  # gone, or not ours to read
-        return pids
-
-    def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            for pgid in self.pgids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pgid, sig)
-            for pid in self.marked():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while self.marked() and time.monotonic() < deadline:
-                time.sleep(0.2)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def cluster(prepared_mnist: Path) -> Iterator[LoopbackCluster]:
     # Short and under /tmp: Ray's unix socket paths must stay below ~107 characters.
     root = Path(tempfile.mkdtemp(prefix="dtrc-", dir="/tmp"))
-    c = LoopbackCluster(root=root, data_dir=prepared_mnist)
+    c = LoopbackCluster(
+        root=root,
+        num_nodes=NODES,
+        cpus_per_node=CPUS_PER_NODE,
+        extra_env={"DTRAIN_DATA_DIR": str(prepared_mnist), "DTRAIN_RUNS_DIR": str(root / "runs")},
+    )
     try:
         c.start()
         yield c
     finally:
         c.stop()
-        assert not c.marked(), "processes of the test cluster outlived its teardown"
+        assert not c.processes(), "processes of the test cluster outlived its teardown"
 
 
 def run(
@@ -396,7 +240,9 @@ def test_stop_a_pending_job(cluster: LoopbackCluster) -> None:
 # --- data on several nodes, through the Trainer ---------------------------------------------
 
 
-def test_uri_and_object_store_give_the_same_run(cluster: LoopbackCluster, tmp_path: Path) -> None:
+def test_uri_and_object_store_give_the_same_run(
+    cluster: LoopbackCluster, tmp_path: Path, prepared_mnist: Path
+) -> None:
     """A file:// URI read by every worker, and a path shipped through the object store."""
     common = ["--address", cluster.gcs_address, "--epochs", "1", "--max-steps", "10", "--json"]
     uri = run(
@@ -405,7 +251,7 @@ def test_uri_and_object_store_give_the_same_run(cluster: LoopbackCluster, tmp_pa
         "train",
         *common,
         "--data-dir",
-        cluster.data_dir.as_uri(),
+        prepared_mnist.as_uri(),
         "--run-dir",
         str(tmp_path / "uri"),
     )
@@ -416,7 +262,7 @@ def test_uri_and_object_store_give_the_same_run(cluster: LoopbackCluster, tmp_pa
         "train",
         *common,
         "--data-dir",
-        str(cluster.data_dir),
+        str(prepared_mnist),
         "--data-transport",
         "object-store",
         "--run-dir",
@@ -458,10 +304,10 @@ print(json.dumps({"rows": ray.get([w.ready.remote() for w in workers]),
 
 
 def test_workers_need_no_data_dir_with_the_object_store(
-    cluster: LoopbackCluster, tmp_path: Path
+    cluster: LoopbackCluster, tmp_path: Path, prepared_mnist: Path
 ) -> None:
     data = tmp_path / "mnist"
-    shutil.copytree(cluster.data_dir, data)
+    shutil.copytree(prepared_mnist, data)
     done = run(cluster, "python", "-c", SHIPPED_ONLY, str(data), GCS_ADDRESS=cluster.gcs_address)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not data.exists()

@@ -933,6 +933,14 @@ ISSUE14_CASES = [
         "Invalid value for '--seed'",
     ),
     Case(
+        "bench-two-node-shared-memory",
+        "cli",
+        "`bench --two-node --exchange shared-memory`",
+        lambda ws: ["bench", "--two-node", "--exchange", "shared-memory"],
+        2,
+        "two_node: the two-node cluster's step exchange goes through the object store",
+    ),
+    Case(
         "metrics-grace-inf",
         "cli",
         "`--metrics-grace inf`",

@@ -17,6 +17,7 @@ from dtrain.workers.model import ModelSpec
         (["--batch-sizes", "1", "--num-workers", "2"], "smaller than 2 workers"),
         (["--batch-sizes", "128,x"], "not a comma-separated list"),
         (["--num-workers", "0"], "must be >= 1"),
+        (["--two-node", "--exchange", "shared-memory"], "two_node: the two-node cluster's"),
     ],
 )
 def test_cli_rejects_bad_options_in_one_line(args: list[str], message: str) -> None:
