@@ -21,6 +21,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from dtrain.service.train import livestate, session
 from dtrain.service.train.actors import ActorGroup, ActorLost
 from dtrain.service.train.config import TrainConfig
@@ -92,18 +94,24 @@ class Supervisor:
                     return loop.run(start, on_snapshot=keep, saved_step=saved)
                 except Regroup as r:
                     assert loop is not None  # raised by the loop
-                    live = livestate.from_server(group, loop)
+                    # Between segments: every actor idle, the server at the driver's step.
+                    state = group.get(
+                        group.server.state.remote(), self.config.step_timeout_seconds, "resizing"
+                    )
                     group.kill()
                     take_over = None
-                    if live is None:  # the server died just now: a loss, next time round
-                        start = latest
-                        continue
-                    start = self._resize(live, r.size, GREW)
+                    idle = Snapshot(
+                        np.array(state["params"]),
+                        np.array(state["velocity"]),
+                        loop.progress.copy(),
+                        None if state["history"] is None else np.array(state["history"]),
+                    )
+                    start = self._resize(idle, r.size, GREW)
                     saved = start.progress.step
                 except ActorLost as e:
                     lost = group.lost_workers()
-                    live, take_over = self._newest(loop)
-                    start, resized = self._after_loss(live or latest, e, lost, live is not None)
+                    newest, take_over = self._newest(loop)
+                    start, resized = self._after_loss(newest or latest, e, lost, newest is not None)
                     if resized:
                         saved = start.progress.step
                         if take_over is not None:  # the new size opens a fresh exchange
