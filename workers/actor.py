@@ -60,7 +60,8 @@ class Worker:
         self.num_slots = num_slots  # staleness + 1
         if exchange_dir is not None:
             n = spec.num_params
-            self.slots = exchange.open_weights(Path(exchange_dir), n, num_slots)
+            num_weights = exchange.num_weight_slots(num_slots - 1)
+            self.slots = exchange.open_weights(Path(exchange_dir), n, num_weights)
             self.grads = exchange.open_grads(Path(exchange_dir), rank, n, num_slots)
             self.link = WorkerLink(Path(exchange_dir), rank, step_timeout)
 
@@ -91,7 +92,7 @@ class Worker:
 
         Step t reads the weights after update ``j = max(0, t - 1 - k)``, k the staleness:
         exactly the steps of a run without segments, so the bits are the same. With shared
-        memory those weights are slot ``j % (k + 1)`` and the gradient goes to slot
+        memory those weights are slot ``j % (k + 2)`` and the gradient goes to slot
         ``t % (k + 1)``; else, the worker pulls them from ``server`` (the server actor's
         handle) and pushes the gradient to it, through Ray.
         """
@@ -107,7 +108,7 @@ class Worker:
             self.link.wait_update(j)
             grad = self.grads[step % (k + 1)]
             stats = self.core.compute_gradients(
-                self.slots[j % (k + 1)], epoch + 1, s_in_epoch, grad_out=grad
+                self.slots[j % len(self.slots)], epoch + 1, s_in_epoch, grad_out=grad
             )[1]
             self.link.send(step, stats)
         return last

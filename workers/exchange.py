@@ -3,22 +3,23 @@
 Returning a 1.6 MB array from an actor through Ray's object store costs about 3 ms here
 (docs/performance.md), and a synchronous step does that twice in sequence. On one node the
 weights and one gradient buffer per worker can instead live in files under /dev/shm that every
-actor maps: the server updates the weights in place, each worker writes its gradient in place,
-and Ray carries only the small per-step stats, whose ObjectRefs still order the steps.
+actor maps: the server writes each update's weights into the next slot, each worker writes its
+gradient in place, and two small facts per step go through pipes (``workers.steplink``).
 
-Ordering makes single buffers safe: a worker's step-s task takes the server's step s-1 stats as
-an argument, so it starts after that update wrote the weights; the server's step-s update takes
-every worker's step-s stats, so it starts after every worker has finished reading the weights
-and writing its gradient.
+The server's whole state lives here too (``service.ps.state``), so that a server killed
+mid-run leaves its last complete step for the next one to continue from; the server holds
+``LOCK_NAME`` for life, so the next one knows when the one before is gone.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +68,14 @@ def grad_name(rank: int, slot: int = 0) -> str:
     return f"grad-{rank:05d}-{slot:03d}.f32"
 
 
-def _map(path: Path, num_params: int, create: bool) -> np.ndarray:
-    """A float32 vector backed by ``path``; the mapping outlives the closed descriptor."""
-    nbytes = num_params * 4
-    flags = os.O_RDWR | (os.O_CREAT if create else 0)
+def map_array(path: Path, dtype: np.dtype, count: int, create: bool) -> np.ndarray:
+    """``count`` items of ``dtype`` backed by ``path``; the mapping outlives the closed
+    descriptor. ``create`` replaces any file there with a zeroed one: a process that still maps
+    the old one (a killed group's actor not yet gone) keeps writing into the old pages only."""
+    nbytes = count * dtype.itemsize
+    if create:
+        path.unlink(missing_ok=True)
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
     fd = os.open(path, flags, 0o600)
     try:
         if create:
@@ -80,7 +85,54 @@ def _map(path: Path, num_params: int, create: bool) -> np.ndarray:
         buf = mmap.mmap(fd, nbytes)
     finally:
         os.close(fd)
-    return np.frombuffer(buf, dtype=np.float32)
+    return np.frombuffer(buf, dtype=dtype)
+
+
+def _map(path: Path, num_params: int, create: bool) -> np.ndarray:
+    return map_array(path, np.dtype(np.float32), num_params, create)
+
+
+def num_weight_slots(staleness: int) -> int:
+    """Weight slot ``j % (k + 2)`` holds the weights after update ``j``: the k + 1 that steps
+    still read, and one more that update t writes while every other slot stays whole, so a
+    server killed mid-update leaves the last complete step and the k before it intact."""
+    return staleness + 2
+
+
+def create_grads(directory: Path, num_params: int, num_workers: int, num_slots: int) -> None:
+    """Fresh gradient files for every worker (the server does this at every start)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for rank in range(num_workers):
+        for slot in range(num_slots):
+            _map(directory / grad_name(rank, slot), num_params, create=True)
+
+
+LOCK_NAME = "server.lock"
+
+
+def lock(directory: Path, timeout: float) -> int:
+    """Hold the exchange directory's server lock; returns its descriptor, held until the
+    process exits. The kernel drops a killed process's lock, so holding it proves the server
+    before is gone and writes nothing more into the state."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TimeoutError(
+                    f"the server before still holds {directory / LOCK_NAME} after {timeout:g}s"
+                ) from None
+            time.sleep(0.01)
+
+
+def wait_unlocked(directory: Path, timeout: float) -> None:
+    """Until no process holds the server lock (the killed server has exited)."""
+    os.close(lock(directory, timeout))
 
 
 def create(
@@ -92,10 +144,7 @@ def create(
     ``j % num_slots`` holds the weights after update ``j`` and gradient slot ``t % num_slots``
     a worker's gradient for step ``t`` (it may run ahead of the update reading the last one).
     """
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for rank in range(num_workers):
-        for slot in range(num_slots):
-            _map(directory / grad_name(rank, slot), num_params, create=True)
+    create_grads(directory, num_params, num_workers, num_slots)
     return [_map(directory / weights_name(i), num_params, create=True) for i in range(num_slots)]
 
 

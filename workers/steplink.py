@@ -39,9 +39,12 @@ def to_worker(rank: int) -> str:
 
 
 def make_fifos(directory: Path, num_workers: int) -> None:
-    """Both pipes of every worker (the server does this, with the exchange files)."""
+    """Both pipes of every worker (the server does this, with the exchange files). Pipes of
+    a server before are replaced: its killed peers may still hold them, and must not reach
+    the new ones."""
     for rank in range(num_workers):
         for name in (to_server(rank), to_worker(rank)):
+            (directory / name).unlink(missing_ok=True)
             os.mkfifo(directory / name, 0o600)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from typing import Any
 
 import numpy as np
 
@@ -68,10 +69,20 @@ class PushCollector:
                 raise PeerTimeout(f"update {j} was not applied within {self.timeout:g}s")
             if self.failed:
                 return None
-            w = self.core.weights_at(j)
-            # The live weights change in place with the next update, which (staleness > 0)
-            # may start while this reply is still being serialized: hand out a copy.
-            return w.copy() if w is self.core.params else w
+            # No copy: updates write other slots, and the one that rewrites this one (j+k+2)
+            # needs this worker's gradient of a step that reads it.
+            return self.core.weights_at(j)
+
+    def drain_state(self) -> tuple[list[tuple[ServerStats, float]], dict[str, Any]]:
+        with self._cond:
+            steps = list(self.record)
+            self.record.clear()
+            return steps, self.core.state_dict()
+
+    def state(self) -> dict[str, Any]:
+        """The state at a whole step: never in the middle of an update another push runs."""
+        with self._cond:
+            return self.core.state_dict()
 
     def wait_until(self, first: int, last: int) -> int:
         """Until update ``last`` is applied (or a step failed); ``PeerTimeout`` when no update

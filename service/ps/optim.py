@@ -83,10 +83,12 @@ class OptimizerConfig:
 
 
 class Optimizer:
-    """Holds the velocity buffer; ``step`` updates ``params`` in place.
+    """Holds the velocity buffer; ``step`` updates ``params`` in place, ``step_into`` writes
+    the new weights and velocity into other buffers (the server's double buffers).
 
-    The in-place operations are ordered so that each result is bitwise equal to evaluating the
-    formula in the module docstring left to right in float32.
+    The operations are ordered so that each result is bitwise equal to evaluating the formula
+    in the module docstring left to right in float32, in place or not: ``step`` is
+    ``step_into`` with every output the input's own buffer.
     """
 
     def __init__(self, config: OptimizerConfig, num_params: int) -> None:
@@ -98,17 +100,31 @@ class Optimizer:
     def step(
         self, params: np.ndarray, grad: np.ndarray, learning_rate: float | None = None
     ) -> None:
+        self.step_into(params, params, grad, learning_rate, self.velocity, self.velocity)
+
+    def step_into(
+        self,
+        params: np.ndarray,
+        out: np.ndarray,
+        grad: np.ndarray,
+        learning_rate: float | None,
+        velocity: np.ndarray,
+        velocity_out: np.ndarray,
+    ) -> None:
+        """``out`` = the weights after one step from ``params``; ``velocity_out`` = the
+        velocity after it from ``velocity`` (untouched by sgd). Inputs are only read, unless
+        they are also the outputs."""
         c = self.config
         lr = c.learning_rate if learning_rate is None else learning_rate
         lr_g = np.multiply(np.float32(lr), grad, out=self._lr_g)
         if c.name == "sgd":
-            params -= lr_g
+            # No velocity: it stays the zeros it started as, in every slot.
+            np.subtract(params, lr_g, out=out)
             return
-        v = self.velocity
-        v *= np.float32(c.momentum)
+        v = np.multiply(velocity, np.float32(c.momentum), out=velocity_out)
         v -= lr_g  # v = m*v - lr*g
         if c.name == "momentum":
-            params += v  # w = w + v
+            np.add(params, v, out=out)  # w = w + v
         else:
-            params += np.multiply(np.float32(c.momentum), v, out=self._m_v)
-            params -= lr_g  # w = w + m*v - lr*g
+            np.add(params, np.multiply(np.float32(c.momentum), v, out=self._m_v), out=out)
+            out -= lr_g  # w = w + m*v - lr*g

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dtrain.service.ps.optim import Optimizer, OptimizerConfig
+from dtrain.service.ps.state import ServerState
 from dtrain.workers import exchange, steplink
 from dtrain.workers.core import GradStats, ignore_float_overflow
 from dtrain.workers.model import ModelSpec
@@ -24,6 +25,7 @@ from dtrain.workers.steplink import ServerLink
 
 if TYPE_CHECKING:
     from dtrain.service.ps.collector import PushCollector
+    from dtrain.service.ps.statsring import StatsRing
 
 
 @dataclass(frozen=True)
@@ -55,43 +57,53 @@ def check_params(spec: ModelSpec, params: np.ndarray) -> None:
 
 
 class ServerCore:
+    """The update arithmetic over a ``ServerState``: in memory, or the shared one in the
+    exchange directory. Without ``params`` it continues from the complete step ``state`` holds
+    (a server that took over a dead one's state)."""
+
     def __init__(
         self,
         *,
         spec: ModelSpec,
         optimizer: OptimizerConfig,
-        params: np.ndarray,
+        params: np.ndarray | None,
         total_steps: int,
         step: int = 0,
         velocity: np.ndarray | None = None,
-        buffer: np.ndarray | None = None,
         staleness: int = 0,
         history: np.ndarray | None = None,
+        state: ServerState | None = None,
     ) -> None:
-        check_params(spec, params)
         self.spec = spec
-        # Own, writable weights: a copy, or the shared-memory buffer the workers read.
-        if buffer is None:
-            self.params = np.array(params, dtype=np.float32)
-        else:
-            buffer[...] = params
-            self.params = buffer
         self.optimizer = Optimizer(optimizer, spec.num_params)
-        if velocity is not None:
-            self.optimizer.velocity[...] = velocity
         self.total_steps = total_steps
-        self.step = step
         # Bounded staleness k: step t's gradients use the weights after update max(0, t-1-k),
         # so the last k weights before the current ones are part of the state.
         self.staleness = staleness
-        if staleness and history is not None and history.shape != (staleness, spec.num_params):
-            raise ValueError(f"history must have shape ({staleness}, {spec.num_params})")
-        older = list(history) if staleness and history is not None else [params] * staleness
-        self.recent: deque[np.ndarray] = deque(
-            [np.array(w, dtype=np.float32) for w in older], maxlen=staleness or None
-        )
-        self._sum = np.empty_like(self.params)
-        self._before = np.empty_like(self.params)
+        self.state = state or ServerState.in_memory(spec.num_params, staleness)
+        if params is None and self.state.step < 0:
+            raise ValueError("a server needs params or a state with a complete step")
+        if params is not None:
+            check_params(spec, params)
+            if staleness and history is not None and history.shape != (staleness, params.size):
+                raise ValueError(f"history must have shape ({staleness}, {spec.num_params})")
+            zeros = np.zeros_like(params)
+            self.state.seed(params, zeros if velocity is None else velocity, step, history)
+        self._sum = np.empty(spec.num_params, dtype=np.float32)
+        self.staged: int | None = None  # an update written into its slots, not yet committed
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def params(self) -> np.ndarray:
+        """The weights after the last complete update."""
+        return self.state.weights(self.state.step)
+
+    @property
+    def velocity(self) -> np.ndarray:
+        return self.state.velocity(self.state.step)
 
     def apply_gradients(
         self, step: int, grads: list[np.ndarray], stats: list[GradStats]
@@ -101,6 +113,15 @@ class ServerCore:
         ``step`` is the 1-based number this update will have; it must be the next one, so a
         replayed call cannot apply the same gradients twice.
         """
+        result = self.stage(step, grads, stats)
+        self.commit()
+        return result
+
+    def stage(self, step: int, grads: list[np.ndarray], stats: list[GradStats]) -> ServerStats:
+        """The first half of an update: write update ``step``'s weights and velocity into their
+        slots, which nobody reads yet; ``commit`` makes them the current ones. A step that is
+        not finite writes nothing (the weights stay at the last good values)."""
+        self.staged = None
         if step != self.step + 1:
             raise ValueError(f"expected step {self.step + 1}, got step {step}")
         t0 = time.perf_counter()
@@ -116,15 +137,17 @@ class ServerCore:
         finite = bool(np.isfinite(grad_norm))
         lr = self.optimizer.config.learning_rate_at(self.step, self.total_steps)
         update_norm = 0.0
-        if finite and count:
-            # Never apply a non-finite update: the weights stay at the last good values.
-            np.copyto(self._before, self.params)
-            if self.staleness:
-                self.recent.append(self._before.copy())
-            self.optimizer.step(self.params, total, lr)
-            update_norm = norm(np.subtract(self.params, self._before, out=self._before))
-            self.step = step
         loss_sum = sum(s.loss_sum for s in stats)
+        state = self.state
+        if finite and count:
+            before, after = state.weights(step - 1), state.weights(step)
+            self.optimizer.step_into(
+                before, after, total, lr, state.velocity(step - 1), state.velocity(step)
+            )
+            # The weights before are still in their slot: no copy for the metric; and the mean
+            # gradient is spent, so its (cache-warm) buffer holds the change.
+            update_norm = norm(np.subtract(after, before, out=total))
+            self.staged = step
         return ServerStats(
             step=step,
             samples=count,
@@ -139,20 +162,27 @@ class ServerCore:
             finite=finite and bool(np.isfinite(loss_sum)),
         )
 
+    def commit(self) -> None:
+        """The second half: the staged update becomes the current one (nothing staged: no-op)."""
+        if self.staged is not None:
+            self.state.commit(self.staged)
+            self.staged = None
+
     def weights_at(self, j: int) -> np.ndarray:
         """The weights after update ``j``, for one of the last ``staleness + 1`` updates."""
         back = self.step - j
         if not 0 <= back <= self.staleness:
             raise ValueError(f"weights after update {j} are not kept (now at {self.step})")
-        return self.params if back == 0 else self.recent[-back]
+        return self.state.weights(j)
 
-    def state(self) -> dict[str, Any]:
-        history = np.stack(list(self.recent)) if self.staleness else None
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of the current state (the slots are rewritten by later updates)."""
+        step = self.step
         return {
-            "params": self.params,
-            "velocity": self.optimizer.velocity,
-            "step": self.step,
-            "history": history,
+            "params": self.state.weights(step).copy(),
+            "velocity": self.state.velocity(step).copy(),
+            "step": step,
+            "history": self.state.history(),
         }
 
 
@@ -162,7 +192,10 @@ class ParameterServer:
     Training runs in segments of steps that the driver starts with ``run(first, last)`` and
     follows with ``progress``; the actor is threaded for that. With ``exchange_dir`` set, the
     weights and gradients live in shared memory (``workers.exchange``) and ``run`` steps by
-    itself, told by the workers through ``workers.steplink`` when their gradients are written.
+    itself, told by the workers through ``workers.steplink`` when their gradients are written;
+    the server's whole state lives there too (``service.ps.state``, each step's stats in
+    ``service.ps.statsring``), so that with ``take_over`` a new server continues from the last
+    complete step of one that was killed.
     Without, the workers ``push`` their gradients and pull ``weights`` through Ray
     (``service.ps.collector``) and ``run`` waits for the segment's last update.
     """
@@ -173,28 +206,37 @@ class ParameterServer:
         exchange_dir: str | None = None,
         num_workers: int = 0,
         step_timeout: float = 120.0,
+        take_over: bool = False,
         **kwargs: Any,
     ) -> None:
         ignore_float_overflow()
         self.grads: list[list[np.ndarray]] = []
-        self.slots: list[np.ndarray] = []
         self.link: ServerLink | None = None
+        self.ring: StatsRing | None = None
         # (stats, seconds since the previous update ended) per step not yet fetched by the
         # driver; at most a segment's worth, since the driver drains it at every boundary.
         self.record: deque[tuple[ServerStats, float]] = deque()
         staleness = kwargs.get("staleness", 0)
         if exchange_dir is not None:
-            spec = kwargs["spec"]
+            from dtrain.service.ps.statsring import StatsRing  # it builds on ServerStats
+
+            n = kwargs["spec"].num_params
             directory = Path(exchange_dir)
-            self.slots = exchange.create(directory, spec.num_params, num_workers, staleness + 1)
+            # Held for life: a server before this one (killed) is gone once it is ours.
+            self._lock = exchange.lock(directory, step_timeout)
+            if take_over:  # continue from the complete step a killed server left
+                kwargs["state"] = ServerState.open(directory, n, staleness)
+                kwargs["params"] = None
+            else:
+                kwargs["state"] = ServerState.create(directory, n, staleness)
+            # Per worker, so made anew at every start: the worker count may differ.
+            exchange.create_grads(directory, n, num_workers, staleness + 1)
             steplink.make_fifos(directory, num_workers)
             self.link = ServerLink(directory, num_workers, step_timeout)
-            if not staleness:
-                kwargs["buffer"] = self.slots[0]  # synchronous: update the shared weights in place
+            self.ring = StatsRing.create(directory, num_workers)
             # grads[slot][rank]
             per_rank = [
-                exchange.open_grads(directory, r, spec.num_params, staleness + 1)
-                for r in range(num_workers)
+                exchange.open_grads(directory, r, n, staleness + 1) for r in range(num_workers)
             ]
             self.grads = [list(g) for g in zip(*per_rank, strict=True)]
         self.core = ServerCore(**kwargs)
@@ -205,10 +247,6 @@ class ParameterServer:
             if exchange_dir is None and num_workers
             else None
         )
-        if staleness and self.slots:
-            core = self.core
-            for j in range(max(0, core.step - staleness), core.step + 1):
-                self.slots[j % len(self.slots)][...] = core.weights_at(j)
 
     def ready(self) -> int:
         return self.core.step
@@ -218,16 +256,17 @@ class ParameterServer:
         update applied (short of ``last`` only when a step was not finite)."""
         if self.collector is not None:
             return self.collector.wait_until(first, last)
-        assert self.link is not None, "started without an exchange directory or workers"
+        assert self.link is not None and self.ring is not None, "started without workers"
         before = time.perf_counter()
         for step in range(first, last + 1):
             stats = self.link.receive(step)
-            result = self.core.apply_gradients(step, self.grads[step % len(self.grads)], stats)
-            if result.finite and self.core.staleness:
-                # Safe to overwrite: this slot's old weights were read only by this step's
-                # workers, whose gradients are in.
-                self.slots[step % len(self.slots)][...] = self.core.params
+            result = self.core.stage(step, self.grads[step % len(self.grads)], stats)
             now = time.perf_counter()
+            if self.core.staged is not None:
+                # Its stats before its weights count: a kill between the two leaves a ring
+                # entry of a step that the state does not have, which the driver ignores.
+                self.ring.write(result, now - before)
+                self.core.commit()
             self.record.append((result, now - before))
             before = now
             if not result.finite:
@@ -263,7 +302,15 @@ class ParameterServer:
         return self.core.params, stats
 
     def state(self) -> dict[str, Any]:
-        return self.core.state()
+        if self.collector is not None:
+            return self.collector.state()
+        return self.core.state_dict()
+
+    def drain_state(self) -> tuple[list[tuple[ServerStats, float]], dict[str, Any]]:
+        """Through Ray: the steps not yet fetched and the state at the last of them, taken
+        together (no update in between), for a driver that lost a worker."""
+        assert self.collector is not None, "started with an exchange directory"
+        return self.collector.drain_state()
 
     def pid(self) -> int:
         return os.getpid()

@@ -59,9 +59,14 @@ class ActorGroup:
         # Shared-memory exchange only: where the weights and gradients live (None: object store).
         self.exchange_dir: Path | None = None
 
-    def start(self, snapshot: Snapshot) -> None:
+    def start(self, snapshot: Snapshot, take_over: Path | None = None) -> None:
+        """Start every actor from ``snapshot``; with ``take_over`` (the exchange directory of a
+        killed group, whose state is the snapshot's) the new server opens that state in place."""
         c = self.config
-        self.exchange_dir = exchange.new_exchange_dir() if self.shared_memory else None
+        if take_over is not None:
+            self.exchange_dir = take_over
+        else:
+            self.exchange_dir = exchange.new_exchange_dir() if self.shared_memory else None
         shared = self.exchange_dir is not None
         # Threads: with shared memory one runs the segment, one answers the driver; through
         # Ray, every worker's blocking weights() call and its push need one as well.
@@ -74,10 +79,12 @@ class ActorGroup:
             .remote(
                 spec=c.model,
                 optimizer=c.optimizer,
-                params=snapshot.params,
-                velocity=snapshot.velocity,
+                # Taking over, the state is in the directory already: nothing to ship.
+                params=None if take_over else snapshot.params,
+                velocity=None if take_over else snapshot.velocity,
                 staleness=c.staleness,
-                history=snapshot.history,
+                history=None if take_over else snapshot.history,
+                take_over=take_over is not None,
                 step=snapshot.progress.step,
                 total_steps=self.total_steps,
                 exchange_dir=self.exchange_dir and str(self.exchange_dir),
@@ -87,6 +94,13 @@ class ActorGroup:
         )
         if shared:  # the server creates the shared files, which the workers then open
             self._wait_started([self.server.ready.remote()])
+        if take_over is not None:
+            step = self.get(self.server.ready.remote(), ACTOR_START_TIMEOUT_SECONDS, "start")
+            if step != snapshot.progress.step:
+                raise DtrainError(
+                    f"the state in {take_over} is at step {step}, the run at step "
+                    f"{snapshot.progress.step}"
+                )
         worker_cls = ray.remote(Worker)
         base: dict[str, Any] = {
             "num_cpus": c.num_cpus_per_worker,
@@ -97,7 +111,7 @@ class ActorGroup:
         if shared:
             # A worker runs whole segments in step with the server through pipes: a restarted
             # one could not rejoin mid-segment, so a death ends the segment (ActorLost) and
-            # recovery rebuilds every actor from the last snapshot.
+            # recovery rebuilds every actor from the server's state in shared memory.
             base.update(max_restarts=0, max_task_retries=0)
         else:
             # A worker's constructor reloads the same rows, a step is deterministic and the
@@ -128,13 +142,16 @@ class ActorGroup:
             [w.node_id.remote() for w in self.workers], ACTOR_START_TIMEOUT_SECONDS, "start"
         )
 
-    def kill(self) -> None:
+    def kill(self, keep_exchange: bool = False) -> None:
+        """Kill every actor; ``keep_exchange``: leave the exchange directory (the server's
+        state) for the next group to take over, else remove it."""
         for actor in [self.server, *self.workers]:
             if actor is not None:
                 ray.kill(actor)
         self.server, self.workers = None, []
-        if self.exchange_dir is not None:
+        if self.exchange_dir is not None and not keep_exchange:
             shutil.rmtree(self.exchange_dir, ignore_errors=True)
+            self.exchange_dir = None
 
     def get(self, refs: Any, timeout: float, what: str) -> Any:
         """``ray.get`` with Ray's failures turned into ``ActorLost`` or a one-line error."""

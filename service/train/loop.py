@@ -11,7 +11,8 @@ epoch's end (evaluation), the last step. No Ray task and no driver work per step
   its gradient to it (``service.ps.collector``).
 
 Faults are not handled here: they surface as ``ActorLost`` from the ``ActorGroup`` and
-``Trainer`` rebuilds from ``latest``.
+``Trainer`` rebuilds from the newest state (``service.train.livestate``), after which a run may
+start at a step where the driver still has a boundary's work to do.
 """
 
 from __future__ import annotations
@@ -58,15 +59,23 @@ class StepLoop:
         self.evaluate = evaluate
         self.progress = Progress()
 
-    def run(self, start: Snapshot, on_snapshot: Callable[[Snapshot], None]) -> Snapshot:
-        """Train to the end; ``on_snapshot`` hears of every whole snapshot written on the way."""
+    def run(
+        self, start: Snapshot, on_snapshot: Callable[[Snapshot], None], saved_step: int = 0
+    ) -> Snapshot:
+        """Train to the end; ``on_snapshot`` hears of every whole snapshot written on the way.
+        ``saved_step``: the step of the newest checkpoint written (not to be written again)."""
         c, server = self.config, self.group.server
         self.progress = start.progress.copy()
         first = start.progress.step
-        if first and first % self.spe == 0 and self.progress.epoch_samples:
+        ce = c.checkpoint_every
+        if first > saved_step and ce and first % ce == 0 and first < self.total_steps:
+            # A live state taken at a checkpoint's step, before the driver wrote it.
+            self._checkpoint(server.state.remote(), on_snapshot)
+        at_end = first % self.spe == 0 or first == self.total_steps
+        if first and at_end and self.progress.epoch_samples:
             # A snapshot taken at an epoch's last step precedes that epoch's record: write it
             # now, or the continued run would fold that epoch into the next one.
-            self._end_epoch(first // self.spe, server.get_weights.remote())
+            self._end_epoch((first - 1) // self.spe + 1, server.get_weights.remote())
         self._run_segments(on_snapshot)
         state = self.group.get(server.state.remote(), c.step_timeout_seconds, "fetching weights")
         history = state["history"]
@@ -125,7 +134,7 @@ class StepLoop:
             pending = self.group.wait(pending, POLL_SECONDS, what)
             steps = self.group.get(server.progress.remote(), c.step_timeout_seconds, what)
             for stats, seconds in steps:
-                self._record(stats, seconds)
+                self.record(stats, seconds)
             if not pending:
                 return
             now = time.monotonic()
@@ -134,10 +143,13 @@ class StepLoop:
             elif now - moved > c.step_timeout_seconds:
                 raise ActorLost(f"{what} did not finish within {c.step_timeout_seconds:g}s")
 
-    def _record(self, s: ServerStats, seconds: float) -> None:
-        """One applied step into the progress and to the observers."""
+    def record(self, s: ServerStats, seconds: float) -> None:
+        """One applied step into the progress and to the observers, once: every step comes
+        once, in order (a step the driver has already recorded is an error)."""
         c, progress = self.config, self.progress
         epoch = (s.step - 1) // self.spe + 1
+        if s.step != progress.step + 1:
+            raise DtrainError(f"the server reported step {s.step} after step {progress.step}")
         if not s.finite:
             raise diverged(c, s.step, epoch, s.loss_sum / max(s.samples, 1))
         progress.step = s.step

@@ -148,13 +148,15 @@ class RestartPolicy:
     def __init__(self, max_restarts: int) -> None:
         self.max_restarts = max_restarts
 
-    def next_start(self, latest: Snapshot, error: DtrainError) -> Snapshot:
-        """The snapshot to rebuild from after ``error``, or the error that ends the run."""
+    def next_start(self, latest: Snapshot, error: DtrainError, live: bool = False) -> Snapshot:
+        """The snapshot to rebuild from after ``error``, or the error that ends the run.
+        ``live``: ``latest`` is the state at the step reached, not a checkpoint."""
         restarted = latest.restarted()
         if restarted.progress.restarts > self.max_restarts:
             raise DtrainError(f"giving up after {self.max_restarts} restarts: {error}") from error
+        where = "the step reached" if live else "the newest checkpoint"
         print(
-            f"dtrain: {error}; restarting the actors from step {latest.progress.step} "
+            f"dtrain: {error}; restarting the actors from step {latest.progress.step}, {where} "
             f"(restart {restarted.progress.restarts} of {self.max_restarts})",
             file=sys.stderr,
         )

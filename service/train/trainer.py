@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ from dtrain.service.data import transport
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import JobInfo, RunSummary
-from dtrain.service.train import checkpoint, session, stopping
+from dtrain.service.train import checkpoint, livestate, session, stopping
 from dtrain.service.train.actors import ActorGroup, ActorLost
 from dtrain.service.train.config import TrainConfig
 from dtrain.service.train.loop import StepLoop
@@ -176,38 +178,62 @@ class Trainer:
         start: Snapshot,
         test: tuple[np.ndarray, np.ndarray],
     ) -> Snapshot:
-        """Run the steps; when an actor is lost, rebuild all actors from the newest snapshot.
+        """Run the steps; when an actor is lost, rebuild all actors from the newest state.
 
-        Workers that crash are first restarted by Ray itself (``max_restarts``) and their
-        in-flight steps retried, which needs no rollback because a step is deterministic. This
-        loop catches the rest: a lost server, a hung actor, a worker out of restarts.
+        Through Ray, workers that crash are first restarted by Ray itself (``max_restarts``)
+        and their in-flight steps retried, which needs no rollback because a step is
+        deterministic. This loop catches the rest: a lost server, a hung actor, a worker out of
+        restarts, and continues from the step reached (``livestate``) or, where the server's
+        state died with it, from the newest checkpoint.
         """
         policy = RestartPolicy(self.config.max_restarts)
         self.group = group
-        while True:
-            latest = start
+        saved = start.progress.step  # a resumed run's checkpoint, or nothing (step 0)
+        take_over: Path | None = None
+        try:
+            while True:
+                latest = start
+                loop: StepLoop | None = None
 
-            def keep(snap: Snapshot) -> None:
-                nonlocal latest
-                latest = snap
+                def keep(snap: Snapshot) -> None:
+                    nonlocal latest, saved
+                    latest, saved = snap, snap.progress.step
 
-            try:
-                group.start(start)
-                self._emit("on_health", len(group.workers), start.progress.restarts, 0)
-                loop = StepLoop(
-                    group,
-                    steps_per_epoch=plan.steps_per_epoch,
-                    total_steps=total_steps,
-                    emit=self._emit,
-                    checkpointer=self.checkpointer,
-                    evaluate=lambda params: self.net.evaluate(params, *test),
-                )
-                return loop.run(start, on_snapshot=keep)
-            except ActorLost as e:
-                start = policy.next_start(latest, e)
-                self._emit("on_health", 0, start.progress.restarts, 1)
-            finally:
-                group.kill()
+                try:
+                    group.start(start, take_over)
+                    self._emit("on_health", len(group.workers), start.progress.restarts, 0)
+                    loop = StepLoop(
+                        group,
+                        steps_per_epoch=plan.steps_per_epoch,
+                        total_steps=total_steps,
+                        emit=self._emit,
+                        checkpointer=self.checkpointer,
+                        evaluate=lambda params: self.net.evaluate(params, *test),
+                    )
+                    return loop.run(start, on_snapshot=keep, saved_step=saved)
+                except ActorLost as e:
+                    live, take_over = self._newest(group, loop)
+                    start = policy.next_start(live or latest, e, live is not None)
+                    self._emit("on_health", 0, start.progress.restarts, 1)
+        finally:
+            group.kill()
+
+    def _newest(
+        self, group: ActorGroup, loop: StepLoop | None
+    ) -> tuple[Snapshot | None, Path | None]:
+        """Kill the group; the live state to continue from (None: the newest checkpoint), and
+        the exchange directory the next server takes over with it (shared memory)."""
+        directory = group.exchange_dir
+        if directory is None:
+            live = livestate.from_server(group, loop) if loop is not None else None
+            group.kill()
+            return live, None
+        group.kill(keep_exchange=True)
+        live = livestate.from_shared_memory(directory, group, loop)
+        if live is None:
+            shutil.rmtree(directory, ignore_errors=True)
+            return None, None
+        return live, directory
 
     def _stopped(self, final: Snapshot, start: Snapshot) -> stopping.Interrupted:
         """A stop signal ended the loop at a step boundary: checkpoint that step, say so."""
