@@ -192,7 +192,10 @@ class ParameterServer:
     Training runs in segments of steps that the driver starts with ``run(first, last)`` and
     follows with ``progress``; the actor is threaded for that. With ``exchange_dir`` set, the
     weights and gradients live in shared memory (``workers.exchange``) and ``run`` steps by
-    itself, told by the workers through ``workers.steplink`` when their gradients are written.
+    itself, told by the workers through ``workers.steplink`` when their gradients are written;
+    the server's whole state lives there too (``service.ps.state``, each step's stats in
+    ``service.ps.statsring``), so that with ``take_over`` a new server continues from the last
+    complete step of one that was killed.
     Without, the workers ``push`` their gradients and pull ``weights`` through Ray
     (``service.ps.collector``) and ``run`` waits for the segment's last update.
     """
