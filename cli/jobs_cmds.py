@@ -25,7 +25,13 @@ from typing import Any
 import click
 
 from dtrain.cli.group import DtrainGroup
-from dtrain.cli.options import JOB_FILE_NAMES_KEY, FiniteFloat, build_config, json_option
+from dtrain.cli.options import (
+    JOB_FILE_NAMES_KEY,
+    CountRange,
+    FiniteFloat,
+    build_config,
+    json_option,
+)
 from dtrain.cli.train_cmd import train
 from dtrain.service.errors import first_line
 from dtrain.service.train import stopping
@@ -65,6 +71,8 @@ def option_words(param: click.Option, value: Any) -> list[str]:
         return [param.secondary_opts[0]] if param.secondary_opts else []
     if value is None:
         return []
+    if isinstance(param.type, CountRange) and isinstance(value, tuple):
+        return [param.opts[0], ":".join(map(str, value))]  # --num-workers MIN:MAX
     if isinstance(value, tuple | list):
         # --hidden-sizes comes back as a tuple of ints; () is spelled "none".
         return [param.opts[0], ",".join(map(str, value)) if value else "none"]

@@ -114,6 +114,37 @@ class FiniteFloat(click.FloatRange):
         return super().convert(rv, param, ctx)
 
 
+class CountRange(click.ParamType):
+    """``N`` or ``MIN:MAX`` (an elastic worker count): N stays an int, MIN:MAX a (min, max)
+    pair; both are checked against the field's bounds here, so the error names the option."""
+
+    name = "N|MIN:MAX"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple) or (isinstance(value, int) and not isinstance(value, bool)):
+            parts = list(value) if isinstance(value, tuple) else [value]
+        else:
+            text = str(value).strip()
+            try:
+                parts = [int(p) for p in text.split(":")] if text.count(":") <= 1 else []
+            except ValueError:
+                parts = []
+            if not parts:
+                self.fail(f"{value!r} is not a count N or a range MIN:MAX", param, ctx)
+        for p in parts:
+            if not self.low <= p <= self.high:
+                self.fail(f"{value!r}: each count must be in {self.low}..{self.high}", param, ctx)
+        if len(parts) == 1:
+            return parts[0]
+        low, high = parts
+        if low > high:
+            self.fail(f"{value!r}: MIN must be <= MAX", param, ctx)
+        return (low, high)
+
+
 def parse_int_list(ctx: click.Context, param: click.Parameter, value: Any) -> tuple[int, ...]:
     """ "512,256" -> (512, 256); "none" or "" -> (); a tuple (a job file's list) passes."""
     if isinstance(value, tuple | list):
@@ -149,6 +180,8 @@ def _option(f: dataclasses.Field[Any], hint: Any, path: str) -> ConfigOption:
         }
         return ConfigOption((f"--{name}", dest), attrs, path)
     attrs |= {"type": _click_type(hint, meta), "default": default}
+    if "lower_bound" in meta:
+        attrs["type"] = CountRange(meta.get("min", 1), meta["max"])
     if "flag_value" in meta:
         # An option whose value may be left out: `--mlflow` alone means flag_value.
         attrs |= {"is_flag": False, "flag_value": meta["flag_value"]}
@@ -167,6 +200,12 @@ PROGRESS_OPTIONS = config_options(ProgressConfig)
 TRACKER_OPTIONS = config_options(TrackerConfig)
 # Option name (click's dest) -> dotted field of TrainConfig.to_dict().
 TRAIN_FIELDS = {o.name: o.field_path for o in TRAIN_OPTIONS}
+# Field -> the field its MIN:MAX option also sets (num_workers -> min_workers).
+LOWER_BOUNDS = {
+    f.name: f.metadata["lower_bound"]
+    for f in dataclasses.fields(TrainConfig)
+    if "lower_bound" in f.metadata
+}
 
 
 def with_options(options: list[ConfigOption]) -> Decorator:
@@ -227,6 +266,8 @@ def job_value_kind(option: click.Parameter) -> str:
         kind, click.types.BoolParamType
     ):
         return "boolean"
+    if isinstance(kind, CountRange):
+        return "count"
     if isinstance(kind, click.types.IntParamType):
         return "integer"
     if isinstance(kind, click.types.FloatParamType):
@@ -258,6 +299,8 @@ def check_job_value(
         ),
         # A string of the option's own syntax is fine ("five" then fails the option's check).
         "string": isinstance(value, str),
+        # 2, or "1:2" (TOML has no range type).
+        "count": is_int or isinstance(value, str),
     }[kind]
     if kind in ("integer", "number") and isinstance(value, str):
         ok = True  # the option's own parser names the bad text, as on the command line
@@ -303,6 +346,10 @@ def build_config(
         if "." in target:
             section, key = target.split(".")
             d[section][key] = value
+        elif target in LOWER_BOUNDS:
+            # N (a fixed size) or a (MIN, MAX) pair: the option sets both fields.
+            low, high = value if isinstance(value, tuple) else (None, value)
+            d[LOWER_BOUNDS[target]], d[target] = low, high
         else:
             d[target] = value
     d.setdefault("data_dir", default_data_dir())

@@ -172,6 +172,31 @@ class LoopbackCluster:
         if proc.returncode != 0:
             raise RuntimeError(f"ray start ({name}) failed with {proc.returncode}:\n{out[-3000:]}")
 
+    def add_node(self) -> None:
+        """One more node, joined to the running head; returns when the cluster counts it."""
+        self._start_node(head=False)
+        self._wait_for_nodes(len(self.sessions))
+
+    def stop_node(self, index: int) -> None:
+        """Stop node ``index`` (not the head) the way ``ray stop`` does: SIGTERM, which lets
+        its raylet tell the head it is leaving, then SIGKILL what is left after a grace."""
+        if index == 0:
+            raise ValueError("stopping the head stops the cluster: use stop()")
+        session = self.sessions[index]
+
+        def members() -> list[int]:
+            return [
+                int(e) for e in os.listdir("/proc") if e.isdigit() and session_id(int(e)) == session
+            ]
+
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            for pid in members():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, sig)
+            deadline = time.monotonic() + grace
+            while members() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
     def api(self, path: str) -> Any:
         request = urllib.request.Request(
             self.dashboard_url + path, headers={"Authorization": f"Bearer {self.token}"}

@@ -27,7 +27,15 @@ from dtrain.service import __version__
 from dtrain.service.errors import Diverged, DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.run_labels import labelled, run_labels
-from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.observe.stats import (
+    MEMBERSHIP_REASONS,
+    EpochStats,
+    JobInfo,
+    MembershipChange,
+    RunSummary,
+    StepStats,
+    WorkerSlowness,
+)
 
 # 8 steps per second of the chapter's job fit between 5 ms (one fast step) and 10 s (a stalled
 # one); the buckets span that range roughly geometrically.
@@ -227,6 +235,25 @@ class PrometheusMetrics(Observer):
         self.failed_steps = Counter(
             "dtrain_failed_steps", "steps lost to an actor failure", registry=r
         )
+        self.slowness = Gauge(
+            "dtrain_worker_slowness_ratio",
+            "a worker's mean compute time over the workers' median, per window of steps",
+            ["worker"],
+            registry=r,
+        )
+        self.straggler = Gauge(
+            "dtrain_worker_straggler",
+            "1 while a worker is persistently slower than the others (a straggler)",
+            ["worker"],
+            registry=r,
+        )
+        # reason: one of MEMBERSHIP_REASONS (a small fixed set, not free text).
+        self.membership_changes = Counter(
+            "dtrain_membership_changes",
+            "changes of an elastic run's number of workers",
+            ["reason"],
+            registry=r,
+        )
         self.checkpoints = Counter("dtrain_checkpoints_written", "checkpoints written", registry=r)
         self.checkpoint_time = Gauge(
             "dtrain_last_checkpoint_timestamp_seconds",
@@ -276,6 +303,8 @@ class PrometheusMetrics(Observer):
         self.start_time.set(time.time())
         for rank in range(info.num_workers):
             self.worker_seconds.labels(worker=str(rank))
+        for reason in MEMBERSHIP_REASONS:  # at zero from the start, so rate() sees the first
+            self.membership_changes.labels(reason=reason)
 
     def on_step(self, s: StepStats) -> None:
         self.epoch.set(s.epoch)
@@ -321,6 +350,15 @@ class PrometheusMetrics(Observer):
             self._restarts_seen = restarts
         if failed_steps:
             self.failed_steps.inc(failed_steps)
+
+    def on_slowness(self, verdicts: list[WorkerSlowness]) -> None:
+        for v in verdicts:
+            self.slowness.labels(worker=str(v.rank)).set(v.ratio)
+            self.straggler.labels(worker=str(v.rank)).set(int(v.straggler))
+
+    def on_membership(self, change: MembershipChange) -> None:
+        self.membership_changes.labels(reason=change.reason).inc()
+        self.workers_alive.set(change.after)
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
         self.end_time.set(time.time())

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from dtrain.service.errors import first_line
-from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.observe.stats import (
+    EpochStats,
+    JobInfo,
+    MembershipChange,
+    RunSummary,
+    StepStats,
+    WorkerSlowness,
+)
 
 
 class Observer:
@@ -32,11 +39,18 @@ class Observer:
         rebuilds lost actors (workers_alive 0, restarts so far, failed_steps 1 for this loss).
         """
 
+    def on_membership(self, change: MembershipChange) -> None:
+        """An elastic run changed its number of workers (before the new ones start)."""
+
+    def on_slowness(self, verdicts: list[WorkerSlowness]) -> None:
+        """Every window of steps: each worker's compute time against the others'."""
+
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None: ...
 
 
 class HistoryWriter(Observer):
-    """Appends one JSON object per line to ``history.jsonl``: kind "step", "epoch" or "end".
+    """Appends one JSON object per line to ``history.jsonl``: kind "step", "epoch",
+    "membership" (an elastic run's change of size) or "end".
 
     The "end" record says how the run ended (``error`` is the one-line error, or null), so
     ``dtrain report`` of a failed run can say why it stopped.
@@ -71,6 +85,11 @@ class HistoryWriter(Observer):
             return
         self._epochs.add(stats.epoch)
         self._write("epoch", stats.to_dict())
+        if self._file is not None:
+            self._file.flush()
+
+    def on_membership(self, change: MembershipChange) -> None:
+        self._write("membership", change.to_dict())
         if self._file is not None:
             self._file.flush()
 

@@ -18,7 +18,14 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from dtrain.service.observe.observers import Observer
-from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
+from dtrain.service.observe.stats import (
+    EpochStats,
+    JobInfo,
+    MembershipChange,
+    RunSummary,
+    StepStats,
+    WorkerSlowness,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,6 +173,22 @@ class ConsoleProgress(Observer):
 
     def on_checkpoint(self, path: Path, step: int) -> None:
         pass
+
+    def on_slowness(self, verdicts: list[WorkerSlowness]) -> None:
+        for v in verdicts:
+            if v.new:
+                self._print(
+                    f"dtrain: warning: worker {v.rank} (node {v.node[:12]}) is a straggler: "
+                    f"its steps take {v.ratio:.1f}x the workers' median; every synchronous "
+                    "step waits for it"
+                )
+
+    def on_membership(self, change: MembershipChange) -> None:
+        self._print(
+            f"dtrain: from step {change.step} on, {change.after} "
+            f"{_plural(change.after, 'worker')} instead of {change.before} "
+            f"({change.reason.replace('_', ' ')})"
+        )
 
     def on_end(self, summary: RunSummary | None, error: BaseException | None) -> None:
         self._close_bar()

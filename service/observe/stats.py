@@ -31,6 +31,39 @@ class JobInfo:
     total_steps: int | None = None
 
 
+# Why an elastic run changed its size: the label values of dtrain_membership_changes_total.
+LOST = "worker_lost"  # died or hung with no restart left
+UNPLACEABLE = "unplaceable"  # the cluster cannot place it any more (its node is gone)
+GREW = "capacity"  # the cluster has room for more workers than at the last decision
+MEMBERSHIP_REASONS = (LOST, UNPLACEABLE, GREW)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MembershipChange:
+    """From step ``step`` on (1-based, the first step the new members compute), an elastic run
+    has ``after`` workers instead of ``before``; ``reason`` is one of a small fixed set
+    (``MEMBERSHIP_REASONS``)."""
+
+    step: int
+    before: int
+    after: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkerSlowness:
+    """A worker's mean compute time over a window of steps, over the workers' median."""
+
+    rank: int
+    node: str  # Ray node id (hex)
+    ratio: float
+    straggler: bool  # persistently slow (service.train.stragglers)
+    new: bool  # became a straggler at this window: say so once, not every window
+
+
 @dataclass(frozen=True, kw_only=True)
 class StepStats:
     """One synchronous step: every worker's gradient, one parameter-server update."""

@@ -26,6 +26,8 @@ from dtrain.workers.steplink import PeerTimeout
 # Actors start in fresh processes and load their rows; on a loaded 2-core machine that takes
 # seconds, so this bound only catches the cluster that cannot place them at all.
 ACTOR_START_TIMEOUT_SECONDS = 120.0
+# A live worker answers pid() on its second thread within milliseconds, even mid-segment.
+LOST_PROBE_SECONDS = 5.0
 
 
 class ActorLost(DtrainError):
@@ -33,7 +35,11 @@ class ActorLost(DtrainError):
 
 
 class ActorGroup:
-    """One parameter server and ``num_workers`` workers, started from a snapshot."""
+    """One parameter server and one worker per block of ``parts``, started from a snapshot.
+
+    An elastic run changes ``parts`` (and, with the cluster's node count, ``shared_memory``)
+    between a ``kill`` and the next ``start``.
+    """
 
     def __init__(
         self,
@@ -70,7 +76,7 @@ class ActorGroup:
         shared = self.exchange_dir is not None
         # Threads: with shared memory one runs the segment, one answers the driver; through
         # Ray, every worker's blocking weights() call and its push need one as well.
-        threads = 2 if shared else 2 * c.num_workers + 4
+        threads = 2 if shared else 2 * self.num_workers + 4
         self.server = (
             ray.remote(ParameterServer)
             # The server's state cannot be rebuilt by re-running its constructor, so Ray must
@@ -88,7 +94,7 @@ class ActorGroup:
                 step=snapshot.progress.step,
                 total_steps=self.total_steps,
                 exchange_dir=self.exchange_dir and str(self.exchange_dir),
-                num_workers=c.num_workers,
+                num_workers=self.num_workers,
                 step_timeout=c.step_timeout_seconds,
             )
         )
@@ -141,6 +147,24 @@ class ActorGroup:
         self.worker_nodes = self.get(
             [w.node_id.remote() for w in self.workers], ACTOR_START_TIMEOUT_SECONDS, "start"
         )
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.parts)
+
+    def lost_workers(self, timeout: float = LOST_PROBE_SECONDS) -> list[int]:
+        """The ranks of the workers that are dead or do not answer (stopped, hung) within
+        ``timeout`` seconds: after a failed segment, who is lost."""
+        refs = {w.pid.remote(): rank for rank, w in enumerate(self.workers)}
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
+        answered = set()
+        for ref in ready:
+            try:
+                ray.get(ref, timeout=0)
+            except (RayActorError, RayTaskError, GetTimeoutError):
+                continue
+            answered.add(refs[ref])
+        return sorted(set(refs.values()) - answered)
 
     def kill(self, keep_exchange: bool = False) -> None:
         """Kill every actor; ``keep_exchange``: leave the exchange directory (the server's

@@ -62,12 +62,23 @@ class TrainConfig:
         default=128,
         metadata=option("Global mini-batch size, split across the workers.", min=1),
     )
-    # One per core on the 2-core reference machine.
+    # One per core on the 2-core reference machine; with ``min_workers`` below it, the most.
     # At most one per part of a batch (workers.sampling): a worker owns whole parts.
     num_workers: int = field(
         default=2,
-        metadata=option("Worker actors computing gradients.", min=1, max=MAX_WORKERS),
+        metadata=option(
+            "Worker actors computing gradients: N, or MIN:MAX for an elastic run that goes on "
+            "with as few as MIN workers when some are lost and grows back to MAX when the "
+            "cluster has room (see README, Elastic runs).",
+            min=1,
+            max=MAX_WORKERS,
+            lower_bound="min_workers",
+            metavar="N|MIN:MAX",
+        ),
     )
+    # The fewest workers an elastic run goes on with (None: num_workers, a fixed-size run).
+    # Set through --num-workers MIN:MAX, so it has no option of its own.
+    min_workers: int | None = None
     model: ModelSpec = field(default_factory=ModelSpec)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     seed: int = field(
@@ -196,6 +207,13 @@ class TrainConfig:
             _check_int("max_steps", self.max_steps, 1)
         if self.num_gpu_workers is not None:
             _check_int("num_gpu_workers", self.num_gpu_workers, 0)
+        if self.min_workers is not None:
+            _check_int("min_workers", self.min_workers, 1, MAX_WORKERS)
+            if self.min_workers > self.num_workers:
+                raise ValueError(
+                    f"num_workers MIN:MAX must have MIN <= MAX, got "
+                    f"{self.min_workers}:{self.num_workers}"
+                )
         if not isinstance(self.eval_every_epoch, bool):
             raise TypeError(
                 f"eval_every_epoch must be true or false, got {self.eval_every_epoch!r}"
@@ -231,6 +249,15 @@ class TrainConfig:
                 f"batch_size ({self.batch_size}) must be >= num_workers ({self.num_workers}): "
                 "a smaller batch leaves workers without samples"
             )
+
+    @property
+    def fewest_workers(self) -> int:
+        """MIN of an elastic run; a fixed-size run's only size."""
+        return self.num_workers if self.min_workers is None else self.min_workers
+
+    @property
+    def elastic(self) -> bool:
+        return self.fewest_workers < self.num_workers
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

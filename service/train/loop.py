@@ -29,12 +29,22 @@ from dtrain.service.ps.server import ServerStats
 from dtrain.service.train import stopping
 from dtrain.service.train.actors import ActorGroup, ActorLost
 from dtrain.service.train.recovery import Checkpointer, Progress, Snapshot, diverged
+from dtrain.service.train.stragglers import StragglerWatch
 
 # How often the driver looks at a running segment: the latency of live metrics and progress.
 POLL_SECONDS = 0.5
 
 # Test loss and accuracy of a weight vector.
 Evaluate = Callable[[np.ndarray], tuple[float, float]]
+
+
+class Regroup(Exception):
+    """The loop stopped at a segment boundary for the run to continue with ``size`` workers;
+    every actor is alive and idle, the server at the driver's step."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"regroup to {size} workers")
+        self.size = size
 
 
 class StepLoop:
@@ -49,8 +59,12 @@ class StepLoop:
         emit: Callable[..., None],
         checkpointer: Checkpointer,
         evaluate: Evaluate | None,
+        regroup: Callable[[], int | None] | None = None,
     ) -> None:
+        """``regroup``: asked at every segment boundary; a worker count ends the loop there
+        with ``Regroup`` (an elastic run grows), None goes on."""
         self.group = group
+        self.regroup = regroup
         self.config = group.config
         self.spe = steps_per_epoch
         self.total_steps = total_steps
@@ -58,6 +72,7 @@ class StepLoop:
         self.checkpointer = checkpointer
         self.evaluate = evaluate
         self.progress = Progress()
+        self.stragglers = StragglerWatch(list(group.worker_nodes))
 
     def run(
         self, start: Snapshot, on_snapshot: Callable[[Snapshot], None], saved_step: int = 0
@@ -121,6 +136,10 @@ class StepLoop:
                 self._checkpoint(server.state.remote(), on_snapshot)
             if step % self.spe == 0 or step == self.total_steps:
                 self._end_epoch((step - 1) // self.spe + 1, server.get_weights.remote())
+            if self.regroup is not None and step < self.total_steps:
+                size = self.regroup()
+                if size is not None:
+                    raise Regroup(size)
 
     def _follow(self, refs: list[Any]) -> None:
         """Until every actor has finished its segment, feed the server's progress to the
@@ -159,6 +178,9 @@ class StepLoop:
         progress.total_samples += s.samples
         progress.train_seconds += seconds
         progress.epoch_seconds += seconds
+        slowness = self.stragglers.add(s.worker_compute_seconds)
+        if slowness is not None:
+            self.emit("on_slowness", slowness)
         self.emit(
             "on_step",
             StepStats(

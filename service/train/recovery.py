@@ -48,9 +48,19 @@ class Progress:
     train_seconds: float = 0.0
     restarts: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    # An elastic run's workers at ``step`` (0: the config's num_workers) and every change of
+    # that number so far (MembershipChange dicts): a resumed run continues with the same size.
+    num_workers: int = 0
+    membership: list[dict[str, Any]] = field(default_factory=list)
 
     def copy(self) -> Progress:
-        return Progress(**{**asdict(self), "history": [dict(h) for h in self.history]})
+        return Progress(
+            **{
+                **asdict(self),
+                "history": [dict(h) for h in self.history],
+                "membership": [dict(m) for m in self.membership],
+            }
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Progress:

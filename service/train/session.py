@@ -108,15 +108,30 @@ def check_local_workers(num_workers: int, address: str | None) -> None:
 
 
 def check_resources(config: TrainConfig) -> None:
-    """More CPUs than the cluster has would leave actors pending forever: refuse instead."""
-    need = config.num_workers * config.num_cpus_per_worker
+    """More CPUs than the cluster has would leave actors pending forever: refuse instead.
+
+    An elastic run needs room for MIN workers only; it starts with as many as fit.
+    """
+    count = config.fewest_workers
+    need = count * config.num_cpus_per_worker
     have = ray.cluster_resources().get("CPU", 0.0)
     if need > have:
+        least = "at least " if config.elastic else ""
         raise DtrainError(
-            f"the Ray cluster has {have:g} CPUs but {config.num_workers} workers x "
+            f"the Ray cluster has {have:g} CPUs but {least}{count} workers x "
             f"{config.num_cpus_per_worker:g} CPUs need {need:g}: lower --num-workers or "
             "--cpus-per-worker"
         )
+
+
+def worker_capacity(config: TrainConfig) -> int:
+    """How many workers the cluster's live nodes can hold now, by CPUs (a lost node's CPUs
+    leave the count when Ray declares it dead; a joined node's enter it)."""
+    if config.num_cpus_per_worker == 0:
+        return config.num_workers
+    have = sum(n.get("Resources", {}).get("CPU", 0.0) for n in ray.nodes() if n.get("Alive"))
+    # A hair under the quotient still counts: 3 x 0.1 CPUs is 0.30000000000000004.
+    return int(have / config.num_cpus_per_worker + 1e-9)
 
 
 def use_shared_memory(config: TrainConfig) -> bool:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,13 +23,14 @@ from dtrain.service.data import transport
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import JobInfo, RunSummary
-from dtrain.service.train import checkpoint, livestate, session, stopping
-from dtrain.service.train.actors import ActorGroup, ActorLost
+from dtrain.service.train import checkpoint, session, stopping
+from dtrain.service.train.actors import ActorGroup
 from dtrain.service.train.config import TrainConfig
-from dtrain.service.train.loop import StepLoop
+from dtrain.service.train.membership import Membership
 from dtrain.service.train.plan import EpochPlan, plan_epoch
-from dtrain.service.train.recovery import Checkpointer, RestartPolicy, Snapshot, initial_snapshot
+from dtrain.service.train.recovery import Checkpointer, Snapshot, initial_snapshot
 from dtrain.service.train.rundir import HISTORY_FILE, RunDirLock, cut_history
+from dtrain.service.train.supervise import Supervisor, first_size
 from dtrain.workers.model import Network
 from dtrain.workers.shards import ShardError, read_rows, shard_format, to_float
 
@@ -107,11 +106,14 @@ class Trainer:
         try:
             num_cpus = max(os.cpu_count() or 1, int(np.ceil(c.num_workers * c.num_cpus_per_worker)))
             with session.ray_session(self.address, num_cpus):
-                group = self._build(manifest, plan, total_steps)
+                members = first_size(c, snapshot.progress.num_workers or c.num_workers)
+                group = self._build(manifest, num_train, members.size, total_steps)
                 self._emit("on_start", info)
                 stopping.set_graceful(True)
                 try:
-                    final = self._train(group, plan, total_steps, snapshot, test)
+                    final = self._train(
+                        group, members, num_train, plan, total_steps, snapshot, test
+                    )
                 finally:
                     stopping.set_graceful(False)
                 if final.progress.step < total_steps:
@@ -141,7 +143,9 @@ class Trainer:
         self.net = Network(fitted.model)
         return fitted
 
-    def _build(self, manifest: dict[str, Any], plan: EpochPlan, total_steps: int) -> ActorGroup:
+    def _build(
+        self, manifest: dict[str, Any], num_train: int, num_workers: int, total_steps: int
+    ) -> ActorGroup:
         """Check the cluster can hold the job, then make the run directory: no actor yet."""
         c = self.config
         session.check_resources(c)
@@ -163,7 +167,7 @@ class Trainer:
         return ActorGroup(
             c,
             manifest=manifest,
-            parts=plan.parts,
+            parts=plan_epoch(num_train, num_workers, c.batch_size).parts,
             source=source,
             total_steps=total_steps,
             num_gpu_workers=gpu_workers,
@@ -173,67 +177,25 @@ class Trainer:
     def _train(
         self,
         group: ActorGroup,
+        members: Membership,
+        num_train: int,
         plan: EpochPlan,
         total_steps: int,
         start: Snapshot,
         test: tuple[np.ndarray, np.ndarray],
     ) -> Snapshot:
-        """Run the steps; when an actor is lost, rebuild all actors from the newest state.
-
-        Through Ray, workers that crash are first restarted by Ray itself (``max_restarts``)
-        and their in-flight steps retried, which needs no rollback because a step is
-        deterministic. This loop catches the rest: a lost server, a hung actor, a worker out of
-        restarts, and continues from the step reached (``livestate``) or, where the server's
-        state died with it, from the newest checkpoint.
-        """
-        policy = RestartPolicy(self.config.max_restarts)
+        """Run the steps through lost actors and resizes (``supervise``)."""
         self.group = group
-        saved = start.progress.step  # a resumed run's checkpoint, or nothing (step 0)
-        take_over: Path | None = None
-        try:
-            while True:
-                latest = start
-                loop: StepLoop | None = None
-
-                def keep(snap: Snapshot) -> None:
-                    nonlocal latest, saved
-                    latest, saved = snap, snap.progress.step
-
-                try:
-                    group.start(start, take_over)
-                    self._emit("on_health", len(group.workers), start.progress.restarts, 0)
-                    loop = StepLoop(
-                        group,
-                        steps_per_epoch=plan.steps_per_epoch,
-                        total_steps=total_steps,
-                        emit=self._emit,
-                        checkpointer=self.checkpointer,
-                        evaluate=lambda params: self.net.evaluate(params, *test),
-                    )
-                    return loop.run(start, on_snapshot=keep, saved_step=saved)
-                except ActorLost as e:
-                    live, take_over = self._newest(group, loop)
-                    start = policy.next_start(live or latest, e, live is not None)
-                    self._emit("on_health", 0, start.progress.restarts, 1)
-        finally:
-            group.kill()
-
-    def _newest(
-        self, group: ActorGroup, loop: StepLoop | None
-    ) -> tuple[Snapshot | None, Path | None]:
-        """Kill the group; the live state to continue from (None: the newest checkpoint), and
-        the exchange directory the next server takes over with it (shared memory)."""
-        directory = group.exchange_dir
-        if directory is None:
-            live = livestate.from_server(group, loop) if loop is not None else None
-            group.kill()
-            return live, None
-        group.kill(keep_exchange=True)
-        live = livestate.from_shared_memory(directory, group, loop)
-        if live is None:
-            shutil.rmtree(directory, ignore_errors=True)
-            return None, None
-        return live, directory
+        return Supervisor(
+            group,
+            members,
+            num_train=num_train,
+            steps_per_epoch=plan.steps_per_epoch,
+            total_steps=total_steps,
+            checkpointer=self.checkpointer,
+            emit=self._emit,
+            evaluate=lambda params: self.net.evaluate(params, *test),
+        ).run(start)
 
     def _stopped(self, final: Snapshot, start: Snapshot) -> stopping.Interrupted:
         """A stop signal ended the loop at a step boundary: checkpoint that step, say so."""

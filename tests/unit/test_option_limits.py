@@ -74,6 +74,7 @@ WRONG_VALUE = {
     "boolean": "1",
     "string": "5",
     "list of integers": "true",
+    "count": "1.5",
 }
 
 
@@ -126,3 +127,28 @@ def test_good_addresses_parse() -> None:
     assert session.parse_address("10.0.0.1:6379") == ("10.0.0.1", 6379)
     assert session.parse_address("ray://head:10001") == ("head", 10001)
     assert session.parse_address("auto") is None
+
+
+def test_num_workers_takes_a_count_or_an_elastic_range(tmp_path: Path) -> None:
+    from dtrain.cli.options import build_config
+
+    fixed = build_config({"num_workers": 3})
+    assert (fixed.num_workers, fixed.min_workers, fixed.elastic) == (3, None, False)
+    elastic = build_config({"num_workers": (1, 4)})
+    assert (elastic.num_workers, elastic.min_workers, elastic.elastic) == (4, 1, True)
+    assert elastic.fewest_workers == 1
+    # A job file spells the range as a string (TOML has no range type).
+    job = tmp_path / "job.toml"
+    job.write_text('[train]\nnum-workers = "3:2"\n')
+    result = CliRunner().invoke(cli, ["train", "--config", str(job)])
+    assert result.exit_code == 2 and "'3:2': MIN must be <= MAX" in result.output, result.output
+    for bad, why in (("0:2", "each count must be in 1..64"), ("1:x", "not a count N or a range")):
+        result = CliRunner().invoke(cli, ["train", "--num-workers", bad])
+        assert result.exit_code == 2 and why in result.output, result.output
+
+
+def test_a_config_json_with_min_above_max_is_refused() -> None:
+    from dtrain.service.train.config import TrainConfig
+
+    with pytest.raises(ValueError, match="num_workers MIN:MAX must have MIN <= MAX, got 3:2"):
+        TrainConfig(data_dir="d", run_dir="r", num_workers=2, min_workers=3)
