@@ -82,6 +82,7 @@ class Supervisor:
                     self._place(self.members.size)
                     group.start(start, take_over)
                     self.emit("on_health", len(group.workers), start.progress.restarts, 0)
+                    self.emit("on_workers", [stop - first for first, stop in group.parts])
                     loop = StepLoop(
                         group,
                         steps_per_epoch=self.spe,
