@@ -237,7 +237,7 @@ class PrometheusMetrics(Observer):
         )
         self.slowness = Gauge(
             "dtrain_worker_slowness_ratio",
-            "a worker's mean compute time over the workers' median, per window of steps",
+            "a worker's mean compute time over the other workers' median, per window of steps",
             ["worker"],
             registry=r,
         )

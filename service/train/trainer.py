@@ -106,7 +106,8 @@ class Trainer:
         try:
             num_cpus = max(os.cpu_count() or 1, int(np.ceil(c.num_workers * c.num_cpus_per_worker)))
             with session.ray_session(self.address, num_cpus):
-                members = first_size(c, snapshot.progress.num_workers or c.num_workers)
+                progress = snapshot.progress
+                members = first_size(c, progress.num_workers or c.num_workers, progress.parts)
                 group = self._build(manifest, num_train, members.size, total_steps)
                 self._emit("on_start", info)
                 stopping.set_graceful(True)
