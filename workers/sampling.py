@@ -59,6 +59,32 @@ def assign_parts(num_workers: int) -> list[tuple[int, int]]:
     return [worker_parts(num_workers, rank) for rank in range(num_workers)]
 
 
+def blocks(counts: list[int]) -> list[tuple[int, int]]:
+    """Contiguous blocks of parts of the given sizes, by rank (an uneven assignment: a
+    straggler's share moved to faster workers)."""
+    if sum(counts) != NUM_PARTITIONS or any(c < 1 for c in counts):
+        raise ValueError(f"part counts must be >= 1 and sum to {NUM_PARTITIONS}, got {counts}")
+    out, first = [], 0
+    for count in counts:
+        out.append((first, first + count))
+        first += count
+    return out
+
+
+def counts_by_speed(counts: list[int], seconds: list[float]) -> list[int]:
+    """New part counts proportional to each worker's speed, ``counts[i] / seconds[i]`` (parts
+    per second of compute), by largest remainder; every worker keeps at least one part."""
+    speeds = [c / max(s, 1e-12) for c, s in zip(counts, seconds, strict=True)]
+    exact = [NUM_PARTITIONS * v / sum(speeds) for v in speeds]
+    out = [max(1, math.floor(e)) for e in exact]
+    by_remainder = sorted(range(len(out)), key=lambda i: exact[i] - out[i], reverse=True)
+    for i in by_remainder[: max(0, NUM_PARTITIONS - sum(out))]:
+        out[i] += 1
+    while sum(out) > NUM_PARTITIONS:  # the floor of 1 can overshoot: trim the largest
+        out[out.index(max(out))] -= 1
+    return out
+
+
 def parts_span(batch_len: int, parts: tuple[int, int]) -> tuple[int, int]:
     """Positions ``[lo, hi)`` of an ``batch_len``-row batch that the parts ``parts`` hold.
 

@@ -237,13 +237,19 @@ class PrometheusMetrics(Observer):
         )
         self.slowness = Gauge(
             "dtrain_worker_slowness_ratio",
-            "a worker's mean compute time over the workers' median, per window of steps",
+            "a worker's mean compute time over the other workers' median, per window of steps",
             ["worker"],
             registry=r,
         )
         self.straggler = Gauge(
             "dtrain_worker_straggler",
             "1 while a worker is persistently slower than the others (a straggler)",
+            ["worker"],
+            registry=r,
+        )
+        self.partitions = Gauge(
+            "dtrain_worker_partitions",
+            "parts of every batch a worker computes (64 in all, shared by the live workers)",
             ["worker"],
             registry=r,
         )
@@ -355,6 +361,11 @@ class PrometheusMetrics(Observer):
         for v in verdicts:
             self.slowness.labels(worker=str(v.rank)).set(v.ratio)
             self.straggler.labels(worker=str(v.rank)).set(int(v.straggler))
+
+    def on_workers(self, parts: list[int]) -> None:
+        self.partitions.clear()  # a rank the run no longer has must not keep its old value
+        for rank, count in enumerate(parts):
+            self.partitions.labels(worker=str(rank)).set(count)
 
     def on_membership(self, change: MembershipChange) -> None:
         self.membership_changes.labels(reason=change.reason).inc()

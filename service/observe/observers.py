@@ -42,6 +42,9 @@ class Observer:
     def on_membership(self, change: MembershipChange) -> None:
         """An elastic run changed its number of workers (before the new ones start)."""
 
+    def on_workers(self, parts: list[int]) -> None:
+        """The workers just started: how many of a batch's parts each computes, by rank."""
+
     def on_slowness(self, verdicts: list[WorkerSlowness]) -> None:
         """Every window of steps: each worker's compute time against the others'."""
 

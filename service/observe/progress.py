@@ -179,7 +179,7 @@ class ConsoleProgress(Observer):
             if v.new:
                 self._print(
                     f"dtrain: warning: worker {v.rank} (node {v.node[:12]}) is a straggler: "
-                    f"its steps take {v.ratio:.1f}x the workers' median; every synchronous "
+                    f"its steps take {v.ratio:.1f}x the others' median; every synchronous "
                     "step waits for it"
                 )
 

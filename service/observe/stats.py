@@ -35,7 +35,8 @@ class JobInfo:
 LOST = "worker_lost"  # died or hung with no restart left
 UNPLACEABLE = "unplaceable"  # the cluster cannot place it any more (its node is gone)
 GREW = "capacity"  # the cluster has room for more workers than at the last decision
-MEMBERSHIP_REASONS = (LOST, UNPLACEABLE, GREW)
+STRAGGLER = "straggler"  # same workers, parts moved from a straggler to faster ones
+MEMBERSHIP_REASONS = (LOST, UNPLACEABLE, GREW, STRAGGLER)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +49,8 @@ class MembershipChange:
     before: int
     after: int
     reason: str
+    # Parts of every batch per worker from ``step`` on, by rank (64 in all); empty: an even split.
+    parts: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +58,7 @@ class MembershipChange:
 
 @dataclass(frozen=True)
 class WorkerSlowness:
-    """A worker's mean compute time over a window of steps, over the workers' median."""
+    """A worker's mean compute time over a window of steps, over the other workers' median."""
 
     rank: int
     node: str  # Ray node id (hex)

@@ -110,13 +110,16 @@ class Optimizer:
         learning_rate: float | None,
         velocity: np.ndarray,
         velocity_out: np.ndarray,
+        part: slice = slice(None),
     ) -> None:
         """``out`` = the weights after one step from ``params``; ``velocity_out`` = the
         velocity after it from ``velocity`` (untouched by sgd). Inputs are only read, unless
-        they are also the outputs."""
+        they are also the outputs.
+        ``part``: the arrays given are that slice of the whole vectors (threads updating
+        slices side by side), so this uses the same slice of its scratch buffers."""
         c = self.config
         lr = c.learning_rate if learning_rate is None else learning_rate
-        lr_g = np.multiply(np.float32(lr), grad, out=self._lr_g)
+        lr_g = np.multiply(np.float32(lr), grad, out=self._lr_g[part])
         if c.name == "sgd":
             # No velocity: it stays the zeros it started as, in every slot.
             np.subtract(params, lr_g, out=out)
@@ -126,5 +129,5 @@ class Optimizer:
         if c.name == "momentum":
             np.add(params, v, out=out)  # w = w + v
         else:
-            np.add(params, np.multiply(np.float32(c.momentum), v, out=self._m_v), out=out)
+            np.add(params, np.multiply(np.float32(c.momentum), v, out=self._m_v[part]), out=out)
             out -= lr_g  # w = w + m*v - lr*g

@@ -7,9 +7,13 @@ shell around it, following the classic Ray parameter-server example: workers'
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +49,15 @@ class ServerStats:
     finite: bool
 
 
+# Threads of a synchronous update on one node: the 2-core reference machine's cores.
+SYNC_UPDATE_THREADS = 2
+
+
+def squared_norm(v: np.ndarray) -> float:
+    """Sum of squares through BLAS sdot, in float64 from there on (a metric's partial sum)."""
+    return float(np.dot(v, v))
+
+
 def norm(v: np.ndarray) -> float:
     """L2 norm through BLAS sdot: a metric, so float32 accumulation is precise enough."""
     return float(np.sqrt(np.dot(v, v)))
@@ -73,6 +86,7 @@ class ServerCore:
         staleness: int = 0,
         history: np.ndarray | None = None,
         state: ServerState | None = None,
+        update_threads: int = 1,
     ) -> None:
         self.spec = spec
         self.optimizer = Optimizer(optimizer, spec.num_params)
@@ -91,6 +105,12 @@ class ServerCore:
             self.state.seed(params, zeros if velocity is None else velocity, step, history)
         self._sum = np.empty(spec.num_params, dtype=np.float32)
         self.staged: int | None = None  # an update written into its slots, not yet committed
+        # Contiguous slices of the flat vectors, each summed and updated by its own thread
+        # (NumPy releases the GIL in these loops); element by element the float operations are
+        # the same, so the weights' bits are too (only the norms' partial sums regroup).
+        edges = np.linspace(0, spec.num_params, max(1, update_threads) + 1).astype(int)
+        self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(edges)]
+        self._pool = ThreadPoolExecutor(len(self._slices) - 1) if update_threads > 1 else None
 
     @property
     def step(self) -> int:
@@ -127,12 +147,18 @@ class ServerCore:
         t0 = time.perf_counter()
         count = sum(s.count for s in stats)
         total = self._sum
-        total[...] = grads[0]
-        for g in grads[1:]:  # fixed rank order: the float sum is the same on every replay
-            total += g
-        if count:
-            total *= np.float32(1.0 / count)
-        grad_norm = norm(total)
+        scale = np.float32(1.0 / count) if count else None
+
+        def mean_gradient(part: slice) -> float:
+            t = total[part]
+            t[...] = grads[0][part]
+            for g in grads[1:]:  # fixed rank order: the float sum is the same on every replay
+                t += g[part]
+            if scale is not None:
+                t *= scale
+            return squared_norm(t)
+
+        grad_norm = math.sqrt(sum(self._sliced(mean_gradient)))
         t1 = time.perf_counter()
         finite = bool(np.isfinite(grad_norm))
         lr = self.optimizer.config.learning_rate_at(self.step, self.total_steps)
@@ -141,12 +167,17 @@ class ServerCore:
         state = self.state
         if finite and count:
             before, after = state.weights(step - 1), state.weights(step)
-            self.optimizer.step_into(
-                before, after, total, lr, state.velocity(step - 1), state.velocity(step)
-            )
-            # The weights before are still in their slot: no copy for the metric; and the mean
-            # gradient is spent, so its (cache-warm) buffer holds the change.
-            update_norm = norm(np.subtract(after, before, out=total))
+            v_before, v_after = state.velocity(step - 1), state.velocity(step)
+
+            def update(part: slice) -> float:
+                self.optimizer.step_into(
+                    before[part], after[part], total[part], lr, v_before[part], v_after[part], part
+                )
+                # The weights before are still in their slot: no copy for the metric; and the
+                # mean gradient is spent, so its (cache-warm) buffer holds the change.
+                return squared_norm(np.subtract(after[part], before[part], out=total[part]))
+
+            update_norm = math.sqrt(sum(self._sliced(update)))
             self.staged = step
         return ServerStats(
             step=step,
@@ -161,6 +192,14 @@ class ServerCore:
             update_seconds=time.perf_counter() - t1,
             finite=finite and bool(np.isfinite(loss_sum)),
         )
+
+    def _sliced(self, work: Callable[[slice], float]) -> list[float]:
+        """``work`` over every slice, the first ones on the pool, the last on this thread."""
+        if self._pool is None:
+            return [work(self._slices[0])]
+        futures = [self._pool.submit(work, part) for part in self._slices[:-1]]
+        last = work(self._slices[-1])
+        return [f.result() for f in futures] + [last]
 
     def commit(self) -> None:
         """The second half: the staged update becomes the current one (nothing staged: no-op)."""
@@ -239,6 +278,10 @@ class ParameterServer:
                 exchange.open_grads(directory, r, n, staleness + 1) for r in range(num_workers)
             ]
             self.grads = [list(g) for g in zip(*per_rank, strict=True)]
+            if not staleness:
+                # Synchronous: the workers wait while the server updates, so their cores are
+                # free for the update's slices.
+                kwargs["update_threads"] = SYNC_UPDATE_THREADS
         self.core = ServerCore(**kwargs)
         from dtrain.service.ps.collector import PushCollector  # it builds on ServerCore
 

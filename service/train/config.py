@@ -76,6 +76,14 @@ class TrainConfig:
             metavar="N|MIN:MAX",
         ),
     )
+    # Only in an elastic run: its membership records the move, so a resume replays it.
+    rebalance_stragglers: bool = field(
+        default=True,
+        metadata=option(
+            "In an elastic run (--num-workers MIN:MAX), move parts of every batch from a "
+            "straggler to the faster workers."
+        ),
+    )
     # The fewest workers an elastic run goes on with (None: num_workers, a fixed-size run).
     # Set through --num-workers MIN:MAX, so it has no option of its own.
     min_workers: int | None = None
@@ -214,10 +222,9 @@ class TrainConfig:
                     f"num_workers MIN:MAX must have MIN <= MAX, got "
                     f"{self.min_workers}:{self.num_workers}"
                 )
-        if not isinstance(self.eval_every_epoch, bool):
-            raise TypeError(
-                f"eval_every_epoch must be true or false, got {self.eval_every_epoch!r}"
-            )
+        for flag in ("eval_every_epoch", "rebalance_stragglers"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be true or false, got {getattr(self, flag)!r}")
         for name, choices in (
             ("exchange", EXCHANGES),
             ("data_transport", TRANSPORTS),

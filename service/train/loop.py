@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from dtrain.service.errors import DtrainError
-from dtrain.service.observe.stats import EpochStats, StepStats
+from dtrain.service.observe.stats import EpochStats, StepStats, WorkerSlowness
 from dtrain.service.ps.server import ServerStats
 from dtrain.service.train import stopping
 from dtrain.service.train.actors import ActorGroup, ActorLost
@@ -39,12 +39,19 @@ Evaluate = Callable[[np.ndarray], tuple[float, float]]
 
 
 class Regroup(Exception):
-    """The loop stopped at a segment boundary for the run to continue with ``size`` workers;
-    every actor is alive and idle, the server at the driver's step."""
+    """The loop stopped at a segment boundary for the run to continue with ``size`` workers
+    (computing ``counts`` parts of each batch, by rank; None: an even split); every actor is
+    alive and idle, the server at the driver's step."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, counts: list[int] | None = None) -> None:
         super().__init__(f"regroup to {size} workers")
         self.size = size
+        self.counts = counts
+
+
+# Asked at every segment boundary with the newest straggler verdicts (None: no window ended
+# since the last boundary): a ``Regroup`` to raise there, or None to go on.
+Regrouper = Callable[[list[WorkerSlowness] | None], Regroup | None]
 
 
 class StepLoop:
@@ -59,10 +66,10 @@ class StepLoop:
         emit: Callable[..., None],
         checkpointer: Checkpointer,
         evaluate: Evaluate | None,
-        regroup: Callable[[], int | None] | None = None,
+        regroup: Regrouper | None = None,
     ) -> None:
-        """``regroup``: asked at every segment boundary; a worker count ends the loop there
-        with ``Regroup`` (an elastic run grows), None goes on."""
+        """``regroup``: asked at every segment boundary whether the loop ends there with a
+        ``Regroup`` (an elastic run grows, or moves parts away from a straggler)."""
         self.group = group
         self.regroup = regroup
         self.config = group.config
@@ -73,6 +80,7 @@ class StepLoop:
         self.evaluate = evaluate
         self.progress = Progress()
         self.stragglers = StragglerWatch(list(group.worker_nodes))
+        self.slowness: list[WorkerSlowness] | None = None
 
     def run(
         self, start: Snapshot, on_snapshot: Callable[[Snapshot], None], saved_step: int = 0
@@ -137,9 +145,10 @@ class StepLoop:
             if step % self.spe == 0 or step == self.total_steps:
                 self._end_epoch((step - 1) // self.spe + 1, server.get_weights.remote())
             if self.regroup is not None and step < self.total_steps:
-                size = self.regroup()
-                if size is not None:
-                    raise Regroup(size)
+                verdicts, self.slowness = self.slowness, None
+                regroup = self.regroup(verdicts)
+                if regroup is not None:
+                    raise regroup
 
     def _follow(self, refs: list[Any]) -> None:
         """Until every actor has finished its segment, feed the server's progress to the
@@ -180,6 +189,7 @@ class StepLoop:
         progress.epoch_seconds += seconds
         slowness = self.stragglers.add(s.worker_compute_seconds)
         if slowness is not None:
+            self.slowness = slowness
             self.emit("on_slowness", slowness)
         self.emit(
             "on_step",

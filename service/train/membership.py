@@ -16,9 +16,17 @@ The policy is plain Python: the trainer asks it, with the cluster's capacity mea
 from __future__ import annotations
 
 from dtrain.service.errors import DtrainError
-from dtrain.service.observe.stats import GREW, LOST, UNPLACEABLE, MembershipChange
+from dtrain.service.observe.stats import GREW, LOST, STRAGGLER, UNPLACEABLE, MembershipChange
 
-__all__ = ["GREW", "LOST", "UNPLACEABLE", "BelowMinimum", "Membership", "MembershipChange"]
+__all__ = [
+    "GREW",
+    "LOST",
+    "STRAGGLER",
+    "UNPLACEABLE",
+    "BelowMinimum",
+    "Membership",
+    "MembershipChange",
+]
 
 
 class BelowMinimum(DtrainError):
@@ -28,22 +36,29 @@ class BelowMinimum(DtrainError):
 class Membership:
     """The run's current worker count and the rules that change it."""
 
-    def __init__(self, *, fewest: int, most: int, size: int, capacity: int) -> None:
+    def __init__(
+        self, *, fewest: int, most: int, size: int, capacity: int, parts: list[int] | None = None
+    ) -> None:
         self.fewest = fewest
         self.most = most
         self.size = size
+        # Parts of a batch per worker after a straggler's were moved; empty: an even split.
+        self.parts = list(parts or [])
         # Capacity when the size was last decided: only more room than this grows the run, so
         # a worker lost for good is not replaced by one on the same CPUs.
         self.capacity_seen = capacity
 
     @classmethod
-    def start(cls, *, fewest: int, most: int, wanted: int, capacity: int) -> Membership:
-        """The starting size: ``wanted`` (MAX, or a resumed run's size) as far as the cluster
-        can place it; fewer than ``fewest`` is an error."""
+    def start(
+        cls, *, fewest: int, most: int, wanted: int, capacity: int, parts: list[int] | None = None
+    ) -> Membership:
+        """The starting size: ``wanted`` (MAX, or a resumed run's size, with its ``parts``) as
+        far as the cluster can place it; fewer than ``fewest`` is an error."""
         size = min(wanted, most, capacity)
         if size < fewest:
             raise BelowMinimum(_below(fewest, capacity, "the cluster can place"))
-        return cls(fewest=fewest, most=most, size=size, capacity=capacity)
+        kept = parts if parts and len(parts) == size else None
+        return cls(fewest=fewest, most=most, size=size, capacity=capacity, parts=kept)
 
     def after_loss(self, *, num_lost: int, restart: bool, capacity: int, step: int) -> int:
         """The size to rebuild with after losing ``num_lost`` workers at ``step`` (the first
@@ -70,12 +85,16 @@ class Membership:
         self.capacity_seen = capacity
         return min(self.most, capacity)
 
-    def change(self, size: int, step: int, reason: str) -> MembershipChange | None:
-        """Take ``size`` from ``step`` on; the record of the change, or None if it is none."""
-        if size == self.size:
+    def change(
+        self, size: int, step: int, reason: str, parts: list[int] | None = None
+    ) -> MembershipChange | None:
+        """Take ``size`` workers (computing ``parts`` of each batch; None: an even split) from
+        ``step`` on; the record of the change, or None if it is none."""
+        kept = list(parts or [])
+        if size == self.size and kept == self.parts:
             return None
-        before, self.size = self.size, size
-        return MembershipChange(step=step, before=before, after=size, reason=reason)
+        before, self.size, self.parts = self.size, size, kept
+        return MembershipChange(step=step, before=before, after=size, reason=reason, parts=kept)
 
 
 def _below(fewest: int, capacity: int, what: str) -> str:

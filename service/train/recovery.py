@@ -52,6 +52,8 @@ class Progress:
     # that number so far (MembershipChange dicts): a resumed run continues with the same size.
     num_workers: int = 0
     membership: list[dict[str, Any]] = field(default_factory=list)
+    # Parts of every batch per worker after a straggler's were moved (empty: an even split).
+    parts: list[int] = field(default_factory=list)
 
     def copy(self) -> Progress:
         return Progress(
@@ -59,6 +61,7 @@ class Progress:
                 **asdict(self),
                 "history": [dict(h) for h in self.history],
                 "membership": [dict(m) for m in self.membership],
+                "parts": list(self.parts),
             }
         )
 

@@ -2,7 +2,7 @@
 
 In a synchronous step every worker waits for the slowest, so one slow worker sets the pace of
 all. The workers' compute seconds per step (in every step's stats) are averaged over windows of
-steps; a worker whose mean is ``SLOW_FACTOR`` times the median of the workers' means for
+steps; a worker whose mean is ``SLOW_FACTOR`` times the median of the other workers' means for
 ``PERSISTENT_WINDOWS`` windows in a row is a straggler. One slow window is noise (a page fault
 storm, a neighbour's burst on a shared machine), not a straggler.
 """
@@ -44,10 +44,12 @@ class StragglerWatch:
         means = [s / self._steps for s in self._sums]
         self._sums = [0.0] * self.num_workers
         self._steps = 0
-        median = statistics.median(means)
         verdicts = []
         for rank, mean in enumerate(means):
-            ratio = mean / median if median > 0 else 1.0
+            # Against the others only: with two workers the median of all is their average,
+            # and a worker at twice the other's time would read as 1.33x.
+            others = statistics.median(means[:rank] + means[rank + 1 :])
+            ratio = mean / others if others > 0 else 1.0
             before = self._slow_windows[rank]
             self._slow_windows[rank] = before + 1 if ratio >= SLOW_FACTOR else 0
             straggler = self._slow_windows[rank] >= PERSISTENT_WINDOWS

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dtrain.service.observe.stats import WorkerSlowness
 from dtrain.service.train import livestate, session
 from dtrain.service.train.actors import ActorGroup, ActorLost
 from dtrain.service.train.config import TrainConfig
@@ -30,12 +31,14 @@ from dtrain.service.train.loop import Evaluate, Regroup, StepLoop
 from dtrain.service.train.membership import (
     GREW,
     LOST,
+    STRAGGLER,
     UNPLACEABLE,
     BelowMinimum,
     Membership,
 )
 from dtrain.service.train.plan import plan_epoch
 from dtrain.service.train.recovery import Checkpointer, RestartPolicy, Snapshot
+from dtrain.workers.sampling import blocks, counts_by_speed
 
 
 class Supervisor:
@@ -82,6 +85,7 @@ class Supervisor:
                     self._place(self.members.size)
                     group.start(start, take_over)
                     self.emit("on_health", len(group.workers), start.progress.restarts, 0)
+                    self.emit("on_workers", [stop - first for first, stop in group.parts])
                     loop = StepLoop(
                         group,
                         steps_per_epoch=self.spe,
@@ -89,7 +93,7 @@ class Supervisor:
                         emit=self.emit,
                         checkpointer=self.checkpointer,
                         evaluate=self.evaluate,
-                        regroup=self._grown if self.config.elastic else None,
+                        regroup=self._regroup if self.config.elastic else None,
                     )
                     return loop.run(start, on_snapshot=keep, saved_step=saved)
                 except Regroup as r:
@@ -106,7 +110,8 @@ class Supervisor:
                         loop.progress.copy(),
                         None if state["history"] is None else np.array(state["history"]),
                     )
-                    start = self._resize(idle, r.size, GREW)
+                    reason = GREW if r.counts is None else STRAGGLER
+                    start = self._resize(idle, r.size, reason, r.counts)
                     saved = start.progress.step
                 except ActorLost as e:
                     lost = group.lost_workers()
@@ -123,14 +128,25 @@ class Supervisor:
 
     def _place(self, size: int) -> None:
         """Give the group ``size`` workers' parts, and the exchange the cluster allows now."""
-        group, c = self.group, self.config
-        if group.num_workers != size:
-            group.parts = plan_epoch(self.num_train, size, c.batch_size).parts
-            group.num_gpu_workers = min(group.num_gpu_workers, size)
-            group.shared_memory = session.use_shared_memory(c)
+        group, c, counts = self.group, self.config, self.members.parts
+        parts = blocks(counts) if counts else plan_epoch(self.num_train, size, c.batch_size).parts
+        if group.parts != parts:
+            resized = group.num_workers != size
+            group.parts = parts
+            if resized:
+                group.num_gpu_workers = min(group.num_gpu_workers, size)
+                group.shared_memory = session.use_shared_memory(c)
 
-    def _grown(self) -> int | None:
-        return self.members.grown(session.worker_capacity(self.config))
+    def _regroup(self, verdicts: list[WorkerSlowness] | None) -> Regroup | None:
+        """At a segment boundary: grow onto new room, else move parts off a new straggler."""
+        size = self.members.grown(session.worker_capacity(self.config))
+        if size is not None:
+            return Regroup(size)
+        if not (verdicts and self.config.rebalance_stragglers and any(v.new for v in verdicts)):
+            return None
+        now = [stop - first for first, stop in self.group.parts]
+        counts = counts_by_speed(now, [v.ratio for v in verdicts])
+        return Regroup(self.members.size, counts) if counts != now else None
 
     def _newest(self, loop: StepLoop | None) -> tuple[Snapshot | None, Path | None]:
         """Kill the group; the live state to continue from (None: the newest checkpoint), and
@@ -185,13 +201,17 @@ class Supervisor:
             return newest, False
         return self._resize(newest, size, UNPLACEABLE if restart else LOST), True
 
-    def _resize(self, snap: Snapshot, size: int, reason: str) -> Snapshot:
-        """Record the change to ``size`` workers from the step after ``snap``, checkpoint it."""
-        change = self.members.change(size, snap.progress.step + 1, reason)
+    def _resize(
+        self, snap: Snapshot, size: int, reason: str, counts: list[int] | None = None
+    ) -> Snapshot:
+        """Record the change to ``size`` workers (computing ``counts`` parts of each batch;
+        None: an even split) from the step after ``snap``, and checkpoint it."""
+        change = self.members.change(size, snap.progress.step + 1, reason, counts)
         if change is None:
             return snap
         progress = snap.progress.copy()
         progress.num_workers = size
+        progress.parts = list(change.parts)
         progress.membership.append(change.to_dict())
         resized = Snapshot(snap.params, snap.velocity, progress, snap.history)
         self.emit("on_membership", change)
@@ -203,12 +223,13 @@ class Supervisor:
             self.checkpointer.save_periodic(snap)
 
 
-def first_size(config: TrainConfig, wanted: int) -> Membership:
-    """The membership a run starts with: ``wanted`` workers (MAX, or what a resumed run had)
-    as far as the cluster can place them."""
+def first_size(config: TrainConfig, wanted: int, parts: list[int] | None = None) -> Membership:
+    """The membership a run starts with: ``wanted`` workers (MAX, or what a resumed run had,
+    with its ``parts``) as far as the cluster can place them."""
     return Membership.start(
         fewest=config.fewest_workers,
         most=config.num_workers,
         wanted=wanted,
         capacity=session.worker_capacity(config),
+        parts=parts,
     )

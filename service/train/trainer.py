@@ -106,7 +106,9 @@ class Trainer:
         try:
             num_cpus = max(os.cpu_count() or 1, int(np.ceil(c.num_workers * c.num_cpus_per_worker)))
             with session.ray_session(self.address, num_cpus):
-                members = first_size(c, snapshot.progress.num_workers or c.num_workers)
+                session.check_resources(c)  # the CPUs MIN workers need, in one line
+                progress = snapshot.progress
+                members = first_size(c, progress.num_workers or c.num_workers, progress.parts)
                 group = self._build(manifest, num_train, members.size, total_steps)
                 self._emit("on_start", info)
                 stopping.set_graceful(True)
@@ -148,7 +150,6 @@ class Trainer:
     ) -> ActorGroup:
         """Check the cluster can hold the job, then make the run directory: no actor yet."""
         c = self.config
-        session.check_resources(c)
         gpu_workers = session.num_gpu_workers(c)
         shared_memory = session.use_shared_memory(c)
         # The run directory exists (claimed); only now, with a cluster that can run the job, is

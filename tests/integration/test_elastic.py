@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ import pytest
 import ray
 
 from dtrain.service.observe.observers import HistoryWriter, Observer
-from dtrain.service.observe.stats import LOST, MembershipChange, StepStats
+from dtrain.service.observe.stats import LOST, STRAGGLER, MembershipChange, StepStats
 from dtrain.service.train import checkpoint
 from dtrain.service.train.config import TrainConfig
 from dtrain.service.train.membership import BelowMinimum
@@ -42,6 +44,9 @@ def config(data: Path, run_dir: Path, **kw: Any) -> TrainConfig:
         "max_restarts": 0,
         "checkpoint_every": 100,
         "eval_every_epoch": False,
+        # Timing must not move parts in runs compared bit for bit (a loaded machine can make
+        # one worker look slow); the straggler test turns it on.
+        "rebalance_stragglers": False,
     }
     base.update(kw)
     return TrainConfig(**base)
@@ -155,3 +160,65 @@ def test_fewer_than_min_workers_stops_with_a_checkpoint_and_one_line(
     assert time.monotonic() - start < cfg.step_timeout_seconds + 60
     saved = checkpoint.load(tmp_path / "checkpoints" / "step-00000040.npz")
     assert saved.meta["progress"]["step"] == 40
+
+
+class Slowdown(Observer):
+    """Once the workers start, shares worker 1's core with a busy process: a straggler."""
+
+    def __init__(self, trainer_ref: list[Trainer]) -> None:
+        self.trainer_ref = trainer_ref
+        self.spinner: subprocess.Popen[bytes] | None = None
+        self.changes: list[MembershipChange] = []
+        self.steps: list[StepStats] = []
+
+    def on_health(self, workers_alive: int, restarts: int, failed_steps: int) -> None:
+        if not workers_alive or self.spinner is not None:
+            return
+        workers = self.trainer_ref[0].workers
+        pids = [ray.get(w.pid.remote(), timeout=60) for w in workers]
+        for pid, core in zip(pids, (0, 1), strict=True):
+            for thread in os.listdir(f"/proc/{pid}/task"):  # the segment runs on a pool thread
+                os.sched_setaffinity(int(thread), {core})
+        self.spinner = subprocess.Popen(
+            ["taskset", "-c", "1", sys.executable, "-c", "while True: pass"]
+        )
+
+    def on_step(self, stats: StepStats) -> None:
+        self.steps.append(stats)
+
+    def on_membership(self, change: MembershipChange) -> None:
+        self.changes.append(change)
+
+
+def test_a_straggler_is_found_and_its_parts_move_to_the_faster_worker(
+    prepared_mnist: Path, tmp_path: Path
+) -> None:
+    cfg = config(
+        prepared_mnist,
+        tmp_path,
+        epochs=2,
+        max_steps=700,
+        checkpoint_every=50,
+        rebalance_stragglers=True,
+    )
+    holder: list[Trainer] = []
+    slow = Slowdown(holder)
+    trainer = Trainer(cfg, [slow])
+    holder.append(trainer)
+    try:
+        trainer.run()
+    finally:
+        if slow.spinner is not None:
+            slow.spinner.kill()
+            slow.spinner.wait()
+    moved = [c for c in slow.changes if c.reason == STRAGGLER]
+    assert moved, "worker 1 shared its core with a busy process yet was not found slow"
+    first = moved[0]
+    assert (first.before, first.after) == (2, 2) and first.step % 50 == 1
+    assert sum(first.parts) == 64 and first.parts[0] > first.parts[1]
+    # Nothing lost or doubled across the move: each step once, every one a full batch.
+    assert [s.step for s in slow.steps] == list(range(1, 701))
+    assert sum(s.samples for s in slow.steps if s.epoch == 1) == NUM_TRAIN
+    assert {s.samples for s in slow.steps if s.epoch == 2} == {128}
+    progress = checkpoint.load(tmp_path / "checkpoint.npz").meta["progress"]
+    assert progress["parts"] == moved[-1].parts

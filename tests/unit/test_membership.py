@@ -73,3 +73,22 @@ def test_a_node_that_leaves_and_returns_counts_as_new_room() -> None:
 def test_no_change_records_nothing() -> None:
     m = Membership.start(fewest=1, most=2, wanted=2, capacity=2)
     assert m.change(2, 3, GREW) is None
+
+
+def test_an_uneven_split_is_a_change_of_its_own_and_a_resize_resets_it() -> None:
+    from dtrain.service.train.membership import STRAGGLER
+
+    m = Membership.start(fewest=1, most=2, wanted=2, capacity=2)
+    change = m.change(2, 201, STRAGGLER, [43, 21])
+    assert change is not None and (change.before, change.after, change.parts) == (2, 2, [43, 21])
+    assert m.change(2, 301, STRAGGLER, [43, 21]) is None  # the same split again: no change
+    shrunk = m.change(1, 401, LOST)
+    assert shrunk is not None and shrunk.parts == [] and m.parts == []
+
+
+def test_a_resumed_run_keeps_its_split_only_at_its_size() -> None:
+    assert Membership.start(fewest=1, most=2, wanted=2, capacity=2, parts=[43, 21]).parts == [
+        43,
+        21,
+    ]
+    assert Membership.start(fewest=1, most=2, wanted=2, capacity=1, parts=[43, 21]).parts == []

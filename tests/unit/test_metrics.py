@@ -420,3 +420,25 @@ def test_a_diverged_run_exports_it(
     other = fed_metrics()
     other.on_end(None, DtrainError("an actor died"))
     assert value(other, "dtrain_diverged") == 0
+
+
+def test_elastic_series_follow_membership_parts_and_stragglers() -> None:
+    from dtrain.service.observe.stats import GREW, LOST, MembershipChange, WorkerSlowness
+
+    m = PrometheusMetrics()
+    m.on_start(INFO)
+    for reason in (LOST, GREW):  # at zero before any change
+        assert value(m, "dtrain_membership_changes_total", reason=reason) == 0
+    m.on_workers([32, 32])
+    m.on_slowness(
+        [WorkerSlowness(0, "n0", 1.0, False, False), WorkerSlowness(1, "n1", 2.1, True, True)]
+    )
+    assert value(m, "dtrain_worker_straggler", worker="1") == 1
+    assert value(m, "dtrain_worker_slowness_ratio", worker="1") == 2.1
+    m.on_membership(MembershipChange(step=301, before=2, after=1, reason=LOST))
+    m.on_workers([64])
+    assert value(m, "dtrain_membership_changes_total", reason=LOST) == 1
+    assert value(m, "dtrain_workers_alive") == 1
+    assert value(m, "dtrain_worker_partitions", worker="0") == 64
+    with pytest.raises(KeyError):  # the lost worker's series is gone, not stale at 32
+        value(m, "dtrain_worker_partitions", worker="1")

@@ -116,3 +116,17 @@ def test_more_workers_than_partitions_is_refused_naming_the_field() -> None:
     TrainConfig(data_dir=".", run_dir=".", num_workers=NUM_PARTITIONS, batch_size=128)
     with pytest.raises(DtrainError, match=r"num_workers must be in 1\.\.64"):
         plan_epoch(10_000, NUM_PARTITIONS + 1, 128)
+
+
+def test_uneven_blocks_tile_the_parts_and_follow_speed() -> None:
+    from dtrain.workers.sampling import NUM_PARTITIONS, blocks, counts_by_speed
+
+    assert blocks([40, 24]) == [(0, 40), (40, NUM_PARTITIONS)]
+    with pytest.raises(ValueError, match="sum to 64"):
+        blocks([40, 23])
+    # Worker 1 takes twice as long for the same parts: it gets half as many.
+    assert counts_by_speed([32, 32], [0.002, 0.004]) == [43, 21]
+    assert counts_by_speed([32, 32], [0.002, 0.002]) == [32, 32]
+    # Never below one part, always 64 in all.
+    extreme = counts_by_speed([21, 21, 22], [0.001, 0.001, 10.0])
+    assert sum(extreme) == NUM_PARTITIONS and min(extreme) == 1
