@@ -202,5 +202,6 @@ def test_max_steps_shows_in_the_header_and_the_epochs_length() -> None:
         p.on_step(step(n))
     first, *lines = out.getvalue().splitlines()
     assert "3 steps (--max-steps) of 2 epochs x 4 steps" in first
-    # The epoch stops after 3 of its 4 steps: the progress says so.
-    assert lines[0].split("  ")[1] == "step 2/3 (67%)", lines
+    # The epoch stops after 3 of its 4 steps: the progress says so (a loaded machine may also
+    # print step 1's line, 0.1 ms being the interval).
+    assert lines and lines[-1].split("  ")[1] == "step 2/3 (67%)", lines
