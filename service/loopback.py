@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,22 @@ def session_id(pid: int) -> int | None:
     except OSError:
         return None
     return None if fields[0] == "Z" else int(fields[3])  # state, ppid, pgrp, session
+
+
+def in_sessions(sessions: set[int]) -> set[int]:
+    """The live processes of these sessions."""
+    return {int(e) for e in os.listdir("/proc") if e.isdigit() and session_id(int(e)) in sessions}
+
+
+def end(find: Callable[[], set[int]], term_grace: float) -> None:
+    """SIGTERM what ``find`` finds, then SIGKILL what is left after ``term_grace`` seconds."""
+    for sig, grace in ((signal.SIGTERM, term_grace), (signal.SIGKILL, 5.0)):
+        for pid in find():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + grace
+        while find() and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 @dataclass
@@ -183,19 +200,8 @@ class LoopbackCluster:
         if index == 0:
             raise ValueError("stopping the head stops the cluster: use stop()")
         session = self.sessions[index]
-
-        def members() -> list[int]:
-            return [
-                int(e) for e in os.listdir("/proc") if e.isdigit() and session_id(int(e)) == session
-            ]
-
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            for pid in members():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while members() and time.monotonic() < deadline:
-                time.sleep(0.2)
+        # Ten seconds: a raylet's orderly exit tells the head before the run notices the node.
+        end(lambda: in_sessions({session}), term_grace=10.0)
 
     def api(self, path: str) -> Any:
         request = urllib.request.Request(
@@ -235,19 +241,8 @@ class LoopbackCluster:
     def processes(self) -> set[int]:
         """Every live process of this cluster: in a node's session, or carrying its marker
         (Ray's setproctitle can overwrite the environment /proc shows; the session stays)."""
-        sessions = set(self.sessions)
-        found = set(self.marked())
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and session_id(int(entry)) in sessions:
-                found.add(int(entry))
-        return found
+        return set(self.marked()) | in_sessions(set(self.sessions))
 
     def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            for pid in self.processes():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + grace
-            while self.processes() and time.monotonic() < deadline:
-                time.sleep(0.2)
+        end(self.processes, term_grace=5.0)
         shutil.rmtree(self.root, ignore_errors=True)

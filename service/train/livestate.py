@@ -47,7 +47,7 @@ def from_server(group: ActorGroup, loop: StepLoop) -> Snapshot | None:
         return None
     if state["step"] != loop.progress.step:
         return None
-    return Snapshot(state["params"], state["velocity"], loop.progress.copy(), state["history"])
+    return Snapshot.of_server(state, loop.progress.copy())
 
 
 def from_shared_memory(

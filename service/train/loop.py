@@ -101,13 +101,7 @@ class StepLoop:
             self._end_epoch((first - 1) // self.spe + 1, server.get_weights.remote())
         self._run_segments(on_snapshot)
         state = self.group.get(server.state.remote(), c.step_timeout_seconds, "fetching weights")
-        history = state["history"]
-        return Snapshot(
-            np.array(state["params"]),
-            np.array(state["velocity"]),
-            self.progress,
-            None if history is None else np.array(history),
-        )
+        return Snapshot.of_server(state, self.progress)
 
     def _segment_end(self, first: int) -> int:
         """The last step of the segment starting at ``first``: the next step after which the
@@ -212,7 +206,7 @@ class StepLoop:
     def _checkpoint(self, state_ref: Any, on_snapshot: Callable[[Snapshot], None]) -> None:
         """The server's state at the step just recorded, saved with the progress."""
         state = self.group.get(state_ref, self.config.step_timeout_seconds, "checkpoint")
-        snap = Snapshot(state["params"], state["velocity"], self.progress.copy(), state["history"])
+        snap = Snapshot.of_server(state, self.progress.copy())
         self.checkpointer.save_periodic(snap)
         on_snapshot(snap)
 

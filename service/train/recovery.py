@@ -81,6 +81,19 @@ class Snapshot:
     # With bounded staleness k: the weights after the k updates before ``params``, oldest first.
     history: np.ndarray | None = None
 
+    @classmethod
+    def of_server(cls, state: dict[str, Any], progress: Progress) -> Snapshot:
+        """The server's ``state()`` (arrays fetched through Ray: read-only views of the object
+        store, copied here so nothing keeps them pinned) with the driver's progress at its step.
+        """
+        history = state["history"]
+        return cls(
+            np.array(state["params"]),
+            np.array(state["velocity"]),
+            progress,
+            None if history is None else np.array(history),
+        )
+
     def restarted(self) -> Snapshot:
         """A copy to continue from after a rebuild, counting that rebuild."""
         progress = self.progress.copy()

@@ -25,11 +25,11 @@ class StragglerWatch:
     def __init__(self, nodes: list[str], window: int = WINDOW_STEPS) -> None:
         """``nodes``: each worker's node id, by rank (named in the verdicts)."""
         self.nodes = nodes
-        self.num_workers = num_workers = len(nodes)
+        self.num_workers = len(nodes)
         self.window = window
-        self._sums = [0.0] * num_workers
+        self._sums = [0.0] * self.num_workers
         self._steps = 0
-        self._slow_windows = [0] * num_workers
+        self._slow_windows = [0] * self.num_workers
 
     def add(self, compute_seconds: tuple[float, ...]) -> list[WorkerSlowness] | None:
         """One step's per-worker compute seconds; every ``window`` steps, each worker's

@@ -21,8 +21,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from dtrain.service.observe.stats import WorkerSlowness
 from dtrain.service.train import livestate, session
 from dtrain.service.train.actors import ActorGroup, ActorLost
@@ -104,12 +102,7 @@ class Supervisor:
                     )
                     group.kill()
                     take_over = None
-                    idle = Snapshot(
-                        np.array(state["params"]),
-                        np.array(state["velocity"]),
-                        loop.progress.copy(),
-                        None if state["history"] is None else np.array(state["history"]),
-                    )
+                    idle = Snapshot.of_server(state, loop.progress.copy())
                     reason = GREW if r.counts is None else STRAGGLER
                     start = self._resize(idle, r.size, reason, r.counts)
                     saved = start.progress.step
