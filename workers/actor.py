@@ -105,6 +105,8 @@ class Worker:
         for step in range(first, last + 1):
             epoch, s_in_epoch = divmod(step - 1, steps_per_epoch)
             j = max(0, step - 1 - k)
+            # The rows do not depend on the weights: gathered before the wait, not after it.
+            self.core.prefetch(epoch + 1, s_in_epoch)
             self.link.wait_update(j)
             grad = self.grads[step % (k + 1)]
             stats = self.core.compute_gradients(

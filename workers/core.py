@@ -84,6 +84,8 @@ class WorkerCore:
         self._grad = xp.empty(spec.num_params, dtype=xp.float32)
         self._epoch = -1
         self._perm = np.arange(0)
+        self._batch_key: tuple[int, int, tuple[int, int]] | None = None
+        self._batch: tuple[Any, Any] = (None, None)
 
     def permutation(self, epoch: int) -> np.ndarray:
         """The seeded shuffle of all training rows for ``epoch``; the same on every worker."""
@@ -96,6 +98,21 @@ class WorkerCore:
         """This worker's rows of step ``step`` of ``epoch``: its parts of the batch, sorted."""
         return step_rows(self.permutation(epoch), self.batch_size, step, self.parts)
 
+    def prefetch(self, epoch: int, step: int) -> tuple[Any, Any]:
+        """This worker's features and labels of step ``step`` of ``epoch``, gathered once: a
+        worker that gathers the next step's rows while it waits for that step's weights takes
+        the gather off the step's critical path."""
+        key = (epoch, step, self.parts)
+        if key != self._batch_key:
+            idx = self.batch_indices(epoch, step)  # sorted: sequential reads of the shards
+            if self.xp is np:
+                self._batch = (self.rows.features(idx, self._x), self.y[idx])
+            else:
+                rows = self.xp.asarray(idx)
+                self._batch = (self.x[rows], self.y[rows])
+            self._batch_key = key
+        return self._batch
+
     def compute_gradients(
         self, weights: np.ndarray, epoch: int, step: int, grad_out: np.ndarray | None = None
     ) -> tuple[np.ndarray, GradStats]:
@@ -104,19 +121,14 @@ class WorkerCore:
         Deterministic in (weights, epoch, step, parts), so a retried step gives the same bits.
         """
         start = time.perf_counter()
-        idx = self.batch_indices(epoch, step)  # sorted: sequential reads of the shards
         xp = self.xp
         w = xp.asarray(weights)  # host -> device once per step (no copy on the CPU)
-        if xp is np:
-            x, y = self.rows.features(idx, self._x), self.y[idx]
-        else:
-            rows = xp.asarray(idx)
-            x, y = self.x[rows], self.y[rows]
+        x, y = self.prefetch(epoch, step)
         # On the CPU the gradient is written straight into ``grad_out`` (shared memory).
         buf = grad_out if grad_out is not None and xp is np else self._grad
         loss, correct, grad = self.net.loss_and_grad(w, x, y, buf)
         grad = to_host(grad)  # the server aggregates host arrays, whatever device sent them
         if grad_out is not None and grad is not grad_out:
             grad_out[...] = grad
-        stats = GradStats(self.rank, loss, correct, len(idx), time.perf_counter() - start)
+        stats = GradStats(self.rank, loss, correct, len(y), time.perf_counter() - start)
         return grad, stats

@@ -151,8 +151,13 @@ class ServerCore:
 
         def mean_gradient(part: slice) -> float:
             t = total[part]
-            t[...] = grads[0][part]
-            for g in grads[1:]:  # fixed rank order: the float sum is the same on every replay
+            # Fixed rank order: the float sum is the same on every replay. The first two are
+            # added in one pass (the same float additions as copying the first, then adding).
+            if len(grads) == 1:
+                t[...] = grads[0][part]
+            else:
+                np.add(grads[0][part], grads[1][part], out=t)
+            for g in grads[2:]:
                 t += g[part]
             if scale is not None:
                 t *= scale

@@ -107,6 +107,27 @@ def test_a_replayed_step_gives_the_same_bits() -> None:
     np.testing.assert_array_equal(g1, w2.compute_gradients(params, 2, 1)[0])
 
 
+def test_rows_gathered_ahead_are_those_of_the_step_computed() -> None:
+    """A worker gathers the next step's rows while it waits for that step's weights; whatever
+    was gathered before (another step, other parts), the gradient is that step's own."""
+    x, y = data(64)
+    params = init_params(SPEC, 0)
+    fresh = make_workers(x, y, 1, 32)[0]
+    expected = fresh.compute_gradients(params, 2, 1)[0].copy()
+    ahead = make_workers(x, y, 1, 32)[0]
+    ahead.prefetch(2, 1)
+    np.testing.assert_array_equal(ahead.compute_gradients(params, 2, 1)[0], expected)
+    ahead.prefetch(2, 0)  # a step other than the one computed next
+    np.testing.assert_array_equal(ahead.compute_gradients(params, 2, 1)[0], expected)
+    ahead.prefetch(2, 1)
+    ahead.parts = (0, 32)  # a membership change between the gather and the step
+    half = make_workers(x, y, 1, 32)[0]
+    half.parts = (0, 32)
+    np.testing.assert_array_equal(
+        ahead.compute_gradients(params, 2, 1)[0], half.compute_gradients(params, 2, 1)[0]
+    )
+
+
 def test_a_worker_without_rows_in_a_step_sends_a_zero_gradient() -> None:
     """The last, short step of an epoch can leave a worker no row; it still answers."""
     x, y = data(65)
