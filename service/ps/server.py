@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -48,6 +48,8 @@ class ServerStats:
     update_seconds: float
     finite: bool
 
+
+_T = TypeVar("_T")
 
 # Threads of a synchronous update on one node: the 2-core reference machine's cores.
 SYNC_UPDATE_THREADS = 2
@@ -140,16 +142,26 @@ class ServerCore:
     def stage(self, step: int, grads: list[np.ndarray], stats: list[GradStats]) -> ServerStats:
         """The first half of an update: write update ``step``'s weights and velocity into their
         slots, which nobody reads yet; ``commit`` makes them the current ones. A step that is
-        not finite writes nothing (the weights stay at the last good values)."""
+        not finite is never staged, so the weights stay at the last good values."""
         self.staged = None
         if step != self.step + 1:
             raise ValueError(f"expected step {self.step + 1}, got step {step}")
-        t0 = time.perf_counter()
         count = sum(s.count for s in stats)
         total = self._sum
         scale = np.float32(1.0 / count) if count else None
+        lr = self.optimizer.config.learning_rate_at(self.step, self.total_steps)
+        state = self.state
+        before, after = state.weights(step - 1), state.weights(step)
+        v_before, v_after = state.velocity(step - 1), state.velocity(step)
+        # The caller's thread times its own slice's two phases (the others run alongside).
+        phases = [0.0, 0.0]
 
-        def mean_gradient(part: slice) -> float:
+        def sum_and_update(part: slice) -> tuple[float, float]:
+            """One thread's slice of the whole update, sum then optimizer, in one visit while
+            the slice is in this core's cache. The update is written before the gradient is
+            known to be finite: into the slots of ``step``, which nobody reads until
+            ``commit``, and a non-finite step is never committed."""
+            start = time.perf_counter()
             t = total[part]
             # Fixed rank order: the float sum is the same on every replay. The first two are
             # added in one pass (the same float additions as copying the first, then adding).
@@ -161,28 +173,27 @@ class ServerCore:
                 t += g[part]
             if scale is not None:
                 t *= scale
-            return squared_norm(t)
-
-        grad_norm = math.sqrt(sum(self._sliced(mean_gradient)))
-        t1 = time.perf_counter()
-        finite = bool(np.isfinite(grad_norm))
-        lr = self.optimizer.config.learning_rate_at(self.step, self.total_steps)
-        update_norm = 0.0
-        loss_sum = sum(s.loss_sum for s in stats)
-        state = self.state
-        if finite and count:
-            before, after = state.weights(step - 1), state.weights(step)
-            v_before, v_after = state.velocity(step - 1), state.velocity(step)
-
-            def update(part: slice) -> float:
+            grad_sq = squared_norm(t)
+            summed = time.perf_counter()
+            update_sq = 0.0
+            if count:
                 self.optimizer.step_into(
-                    before[part], after[part], total[part], lr, v_before[part], v_after[part], part
+                    before[part], after[part], t, lr, v_before[part], v_after[part], part
                 )
                 # The weights before are still in their slot: no copy for the metric; and the
                 # mean gradient is spent, so its (cache-warm) buffer holds the change.
-                return squared_norm(np.subtract(after[part], before[part], out=total[part]))
+                update_sq = squared_norm(np.subtract(after[part], before[part], out=t))
+            if part == self._slices[-1]:
+                phases[:] = [summed - start, time.perf_counter() - summed]
+            return grad_sq, update_sq
 
-            update_norm = math.sqrt(sum(self._sliced(update)))
+        squares = self._sliced(sum_and_update)
+        grad_norm = math.sqrt(sum(g for g, _ in squares))
+        finite = bool(np.isfinite(grad_norm))
+        update_norm = 0.0
+        loss_sum = sum(s.loss_sum for s in stats)
+        if finite and count:
+            update_norm = math.sqrt(sum(u for _, u in squares))
             self.staged = step
         return ServerStats(
             step=step,
@@ -193,12 +204,12 @@ class ServerCore:
             grad_norm=grad_norm,
             update_norm=update_norm,
             worker_compute_seconds=tuple(s.compute_seconds for s in stats),
-            aggregate_seconds=t1 - t0,
-            update_seconds=time.perf_counter() - t1,
+            aggregate_seconds=phases[0],
+            update_seconds=phases[1],
             finite=finite and bool(np.isfinite(loss_sum)),
         )
 
-    def _sliced(self, work: Callable[[slice], float]) -> list[float]:
+    def _sliced(self, work: Callable[[slice], _T]) -> list[_T]:
         """``work`` over every slice, the first ones on the pool, the last on this thread."""
         if self._pool is None:
             return [work(self._slices[0])]
