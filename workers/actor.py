@@ -58,12 +58,20 @@ class Worker:
         self.grads: list[np.ndarray] = []
         self.link: WorkerLink | None = None
         self.num_slots = num_slots  # staleness + 1
-        if exchange_dir is not None:
-            n = spec.num_params
-            num_weights = exchange.num_weight_slots(num_slots - 1)
-            self.slots = exchange.open_weights(Path(exchange_dir), n, num_weights)
-            self.grads = exchange.open_grads(Path(exchange_dir), rank, n, num_slots)
-            self.link = WorkerLink(Path(exchange_dir), rank, step_timeout)
+        # Opened at the first segment, not here: the server creates these files as it starts,
+        # and a worker that needs them only then can start alongside it.
+        self.exchange_dir = None if exchange_dir is None else Path(exchange_dir)
+        self.step_timeout = step_timeout
+
+    def _attach(self, directory: Path) -> WorkerLink:
+        """The exchange files and pipes the server made, once."""
+        if self.link is None:
+            n, rank = self.core.net.layout.spec.num_params, self.core.rank
+            num_weights = exchange.num_weight_slots(self.num_slots - 1)
+            self.slots = exchange.open_weights(directory, n, num_weights)
+            self.grads = exchange.open_grads(directory, rank, n, self.num_slots)
+            self.link = WorkerLink(directory, rank, self.step_timeout)
+        return self.link
 
     def ready(self) -> int:
         return self.core.num_samples
@@ -99,20 +107,21 @@ class Worker:
         k = self.num_slots - 1
         if parts is not None:
             self.core.parts = parts
-        if self.link is None:
+        if self.exchange_dir is None:
             return self._run_pushing(server, first, last, steps_per_epoch, k)
-        self.link.start(first - 1)
+        link = self._attach(self.exchange_dir)
+        link.start(first - 1)
         for step in range(first, last + 1):
             epoch, s_in_epoch = divmod(step - 1, steps_per_epoch)
             j = max(0, step - 1 - k)
             # The rows do not depend on the weights: gathered before the wait, not after it.
             self.core.prefetch(epoch + 1, s_in_epoch)
-            self.link.wait_update(j)
+            link.wait_update(j)
             grad = self.grads[step % (k + 1)]
             stats = self.core.compute_gradients(
                 self.slots[j % len(self.slots)], epoch + 1, s_in_epoch, grad_out=grad
             )[1]
-            self.link.send(step, stats)
+            link.send(step, stats)
         return last
 
     def _run_pushing(self, server: Any, first: int, last: int, spe: int, k: int) -> int:

@@ -98,8 +98,6 @@ class ActorGroup:
                 step_timeout=c.step_timeout_seconds,
             )
         )
-        if shared:  # the server creates the shared files, which the workers then open
-            self._wait_started([self.server.ready.remote()])
         if take_over is not None:
             step = self.get(self.server.ready.remote(), ACTOR_START_TIMEOUT_SECONDS, "start")
             if step != snapshot.progress.step:
