@@ -29,6 +29,10 @@ class TrainRows:
         self.offsets = np.cumsum([0, *(len(a) for a in images)])
         self.num_rows = int(self.offsets[-1])
         self.width = int(self.images[0].shape[1])
+        # uint8 pixels (what `dtrain data prepare` writes) are scaled to float32 per step; other
+        # shards hold the float32 features themselves.
+        self.uint8 = all(a.dtype == np.uint8 for a in self.images)
+        self._raw = np.empty((0, self.width), np.uint8)
         # One byte a row as the shards store them; int64 once for the loss (480 KB for MNIST).
         self.labels = np.concatenate(labels).astype(np.int64)
 
@@ -47,19 +51,23 @@ class TrainRows:
         if buffer is None:
             buffer = np.empty((len(rows), self.width), np.float32)
         out = buffer[: len(rows)]
+        # The pixels are gathered as they are stored, then converted in one pass over the
+        # batch, not one per shard (a shard holds a few of a step's rows).
+        raw = out if not self.uint8 else self._staging(len(rows))
         # Where each shard's rows begin in the sorted ids.
         cuts = np.searchsorted(rows, self.offsets)
         for shard, offset, lo, hi in zip(self.images, self.offsets, cuts, cuts[1:], strict=False):
-            if lo == hi:
-                continue
-            picked = shard[rows[lo:hi] - offset]
-            if shard.dtype == np.uint8:
-                # Converted and scaled in one pass, straight into the batch: the gather is
-                # per step now, so it must cost little next to the step's math.
-                np.divide(picked, np.float32(255.0), out=out[lo:hi])
-            else:
-                out[lo:hi] = picked
+            if lo < hi:
+                np.take(shard, rows[lo:hi] - offset, axis=0, out=raw[lo:hi])
+        if self.uint8:
+            np.divide(raw, np.float32(255.0), out=out)
         return out
+
+    def _staging(self, num_rows: int) -> np.ndarray:
+        """A reused uint8 buffer of at least ``num_rows`` rows (a step's, in practice)."""
+        if self._raw.shape[0] < num_rows:
+            self._raw = np.empty((num_rows, self.width), np.uint8)
+        return self._raw[:num_rows]
 
     def all_features(self) -> np.ndarray:
         """Every row as float32: for a device worker, which moves the split to the GPU once."""
