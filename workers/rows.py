@@ -71,7 +71,9 @@ class TrainRows:
 
     def all_features(self) -> np.ndarray:
         """Every row as float32: for a device worker, which moves the split to the GPU once."""
-        return self.features(np.arange(self.num_rows))
+        every = self.features(np.arange(self.num_rows))
+        self._raw = np.empty((0, self.width), np.uint8)  # the split-sized staging: not kept
+        return every
 
 
 def load_train_rows(data: Path | str | ShardSource, manifest: dict[str, Any]) -> TrainRows:
