@@ -66,7 +66,7 @@ class Worker:
     def _attach(self, directory: Path) -> WorkerLink:
         """The exchange files and pipes the server made, once."""
         if self.link is None:
-            n, rank = self.core.net.layout.spec.num_params, self.core.rank
+            n, rank = self.core.net.spec.num_params, self.core.rank
             num_weights = exchange.num_weight_slots(self.num_slots - 1)
             self.slots = exchange.open_weights(directory, n, num_weights)
             self.grads = exchange.open_grads(directory, rank, n, self.num_slots)
