@@ -85,12 +85,12 @@ class Recorder(Observer):
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            stat = f.read()
+    except OSError:  # gone, or reaped between the open and the read (ESRCH)
         return False
     # A zombie until Ray reaps it: dead for our purpose.
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def run(cfg: TrainConfig, kill_at: int, ranks: tuple[int, ...]) -> tuple[Trainer, Recorder]:
