@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dtrain.service.ps.optim import Optimizer, OptimizerConfig
+from dtrain.service.ps.optim import OPTIMIZERS, Optimizer, OptimizerConfig
 
 LR, M, STEPS = 0.05, 0.9, 6
 
@@ -50,6 +50,24 @@ def test_nesterov_is_the_chapters_form() -> None:
         velocity = momentum * velocity - learning_rate * gradient
         w = w + momentum * velocity - learning_rate * gradient
     np.testing.assert_array_equal(run("nesterov"), w)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_step_into_gives_the_bits_of_step_and_only_reads_params_and_velocity(name: str) -> None:
+    cfg = OptimizerConfig(name=name, learning_rate=LR, momentum=M)
+    in_place = Optimizer(cfg, 50)
+    w = np.linspace(-1, 1, 50, dtype=np.float32)
+    params, velocity = w.copy(), np.zeros_like(w)
+    for gradient in grads(w.size):
+        in_place.step(w, gradient)
+        # Read-only inputs: a write to them raises; the gradient is step_into's to spend.
+        params.flags.writeable = velocity.flags.writeable = False
+        out, velocity_out = np.empty_like(params), np.empty_like(velocity)
+        Optimizer(cfg, 50).step_into(params, out, gradient.copy(), None, velocity, velocity_out)
+        params, velocity = out, velocity_out
+    np.testing.assert_array_equal(params, w)
+    if name != "sgd":
+        np.testing.assert_array_equal(velocity, in_place.velocity)
 
 
 def test_the_three_optimizers_differ() -> None:

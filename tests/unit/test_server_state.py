@@ -70,6 +70,41 @@ def test_a_kill_between_the_slot_write_and_the_header_leaves_the_step_before(
     np.testing.assert_array_equal(taken_over.velocity, clean.velocity)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "nesterov"])
+@pytest.mark.parametrize("update_threads", [1, 2])
+@pytest.mark.parametrize("num_workers", [1, 2, 3])
+def test_an_update_that_spends_the_gradients_has_the_bits_of_one_that_keeps_them(
+    optimizer: str, update_threads: int, num_workers: int
+) -> None:
+    """``stage(spend=True)`` (shared memory) sums into the first gradient and lets the
+    optimizer overwrite it; without ``spend`` (Ray's read-only arrays) nothing is written."""
+
+    def server() -> ServerCore:
+        return ServerCore(
+            spec=SPEC,
+            optimizer=OptimizerConfig(name=optimizer),
+            params=init_params(SPEC, 0),
+            total_steps=10,
+            update_threads=update_threads,
+        )
+
+    kept, spent = server(), server()
+    stats = [GradStats(r, 1.0, 3, 8, 0.0) for r in range(num_workers)]
+    for step in range(1, 5):
+        rng = np.random.default_rng(step)
+        read_only = [rng.normal(size=SPEC.num_params).astype(np.float32) for _ in stats]
+        scratch = [g.copy() for g in read_only]
+        for g in read_only:
+            g.flags.writeable = False
+        a = kept.apply_gradients(step, read_only, stats)
+        b = spent.stage(step, scratch, stats, spend=True)
+        spent.commit()
+        assert (a.grad_norm, a.update_norm) == (b.grad_norm, b.update_norm)
+        assert not np.array_equal(scratch[0], read_only[0])  # spent indeed
+    np.testing.assert_array_equal(spent.params, kept.params)
+    np.testing.assert_array_equal(spent.velocity, kept.velocity)
+
+
 def test_the_update_norm_is_the_norm_of_the_change(tmp_path: Path) -> None:
     server = core(staleness=0)
     before = server.params.copy()
