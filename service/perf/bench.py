@@ -33,9 +33,11 @@ from dtrain.service.perf.dtrain_run import DtrainRun, Probe, dtrain_run, run_pro
 from dtrain.service.perf.report import BenchReport, machine_info
 from dtrain.service.perf.results import (
     Breakdown,
+    Round,
     Row,
     make_breakdown,
     make_row,
+    median_round,
     set_ratios,
     split_overhead,
 )
@@ -77,16 +79,27 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport
         )
         for b in cfg.batch_sizes
     }
-    # dtrain first: the driver's memory peak is then its own, not the loops' copies of the data.
-    runs, probes, simulation = _on_ray(cfg, plans, say)
     machine = machine_info(torch)
-    two_node: Runs = {}
-    if cfg.two_node:
-        two_node, machine["two_node_cluster"] = _on_two_nodes(cfg, plans, say)
-    rows, breakdown = _rows(cfg, plans, runs, torch, say, two_node)
-    set_ratios(rows)
-    # The probe prices one node's object store; what crosses nodes is not split out.
-    split_overhead([b for b in breakdown if b.variant == "dtrain"], probes, cfg.exchange)
+    probes: list[Probe] = []
+    simulation = None
+    rounds: list[Round] = []
+    for i in range(cfg.rounds):
+        if cfg.rounds > 1:
+            say(f"round {i + 1} of {cfg.rounds}")
+        # dtrain first: the driver's memory peak is then its own, not the loops' copies of the
+        # data. The probe and the simulation price the exchange, not the host: once.
+        runs, round_probes, round_simulation = _on_ray(cfg, plans, say, extras=i == 0)
+        if i == 0:
+            probes, simulation = round_probes, round_simulation
+        two_node: Runs = {}
+        if cfg.two_node:
+            two_node, machine["two_node_cluster"] = _on_two_nodes(cfg, plans, say)
+        rows, breakdown = _rows(cfg, plans, runs, torch, say, two_node)
+        set_ratios(rows)
+        # The probe prices one node's object store; what crosses nodes is not split out.
+        split_overhead([b for b in breakdown if b.variant == "dtrain"], probes, cfg.exchange)
+        rounds.append((rows, breakdown))
+    rows, breakdown = median_round(rounds)
     return BenchReport(
         config=cfg,
         machine=machine,
@@ -100,9 +113,10 @@ def run_bench(cfg: BenchConfig, progress: Progress | None = None) -> BenchReport
 
 
 def _on_ray(
-    cfg: BenchConfig, plans: Plans, say: Progress
+    cfg: BenchConfig, plans: Plans, say: Progress, extras: bool = True
 ) -> tuple[Runs, list[Probe], dict[str, Any] | None]:
-    """The dtrain runs, the probes and the simulation: everything that needs Ray."""
+    """The dtrain runs, and with ``extras`` the probes and the simulation: everything that
+    needs Ray."""
     from dtrain.service.train.session import ray_session
 
     warm = cfg.warmup_steps
@@ -118,13 +132,13 @@ def _on_ray(
                 for k in cfg.staleness:
                     say(f"dtrain: batch {batch}, {w} workers, staleness {k}, {warm}+{steps} steps")
                     runs[(batch, w, k)] = dtrain_run(cfg, batch, w, warm + steps, Path(tmp), k)
-        if cfg.probe:
+        if cfg.probe and extras:
             for w in cfg.workers:
                 say(f"probe: {w} fake workers, full and tiny payload")
                 probes.append(
                     run_probe(cfg.model, w, cfg.probe_steps, min(warm, PROBE_WARMUP_STEPS))
                 )
-        if cfg.simulate:
+        if cfg.simulate and extras:
             from dtrain.service.perf.simulate import run_simulation
 
             simulation = run_simulation(

@@ -56,6 +56,17 @@ class BenchConfig:
             "(oversubscribed), so the rows price the multi-node path, not a speed-up."
         ),
     )
+    rounds: int = field(
+        default=1,
+        metadata=option(
+            "Run every variant this many times, each round with its own NumPy loop, and report "
+            "each row from its median round by the ratio to that round's loop (the higher "
+            "middle one for an even count), with every round's ratio beside it: on a shared "
+            "machine one round's ratio is a draw from the host's load. The probe and the "
+            "simulation run in the first round only.",
+            min=1,
+        ),
+    )
     model: ModelSpec = field(default_factory=ModelSpec)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
@@ -73,6 +84,8 @@ class BenchConfig:
             raise ValueError("batch_sizes must name at least one batch size")
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.two_node and self.exchange == "shared-memory":

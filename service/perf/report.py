@@ -49,6 +49,7 @@ ROW_KEYS = frozenset(
         "test_accuracy",
         "gflop_per_second",
         "staleness",
+        "ratio_rounds",
     }
 )
 
@@ -145,20 +146,29 @@ def _breakdown(breakdown: list[Breakdown]) -> list[str]:
 
 
 def format_report(report: BenchReport) -> str:
+    rounds = report.config.rounds
     lines = [
         f"dtrain bench {report.created}: {report.machine['cpus']} CPUs, numpy "
         f"{report.machine['numpy']} ({report.machine['blas']}), ray {report.machine['ray']}, "
         f"torch {report.machine['torch'] or 'not used'}",
         "",
         f"{'variant':<13}{'batch':>6}{'workers':>8}{'stale':>6}{'steps':>7}{'s/epoch':>9}"
-        f"{'samples/s':>11}{'x numpy':>9}{'test acc':>10}",
+        f"{'samples/s':>11}{'x numpy':>9}{'test acc':>10}"
+        + ("  x numpy by round" if rounds > 1 else ""),
     ]
     for r in report.rows:
+        by_round = " ".join(_fmt(x, ".2f") for x in r.ratio_rounds or [])
         lines.append(
             f"{VARIANT_NAMES[r.variant]:<13}{r.batch_size:>6}{_fmt(r.workers, 'd'):>8}"
             f"{_fmt(r.staleness, 'd'):>6}"
             f"{r.steps:>7}{r.epoch_seconds:>9.3f}{r.samples_per_second:>11,.0f}"
             f"{_fmt(r.ratio_to_numpy, '.2f'):>9}{_fmt(r.test_accuracy, '.4f'):>10}"
+            + (f"  {by_round}" if by_round else "")
+        )
+    if rounds > 1:
+        lines.append(
+            f"{rounds} rounds: each row (and its breakdown) is its median round by x numpy, the "
+            "ratio to that round's own loop; peak RSS and driver CPU are the worst round's"
         )
     one = [b for b in report.breakdown if b.variant == "dtrain"]
     if one:

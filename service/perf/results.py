@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ class Row:
     gflop_per_second: float | None = None
     # dtrain's bounded staleness (0: synchronous); None for the single-process loops.
     staleness: int | None = None
+    # With --rounds: every round's ratio to its own loop, in round order (the row is the
+    # median round's); None with one round.
+    ratio_rounds: list[float | None] | None = None
 
 
 def make_row(
@@ -163,3 +167,46 @@ def split_overhead(breakdown: Sequence[Breakdown], probes: Sequence[Probe], exch
         elif probe is not None:
             b.transfer_seconds = min(max(probe.transfer_seconds, 0.0), max(b.overhead_seconds, 0.0))
             b.scheduling_seconds = b.overhead_seconds - b.transfer_seconds
+
+
+Round = tuple[list[Row], list[Breakdown]]
+
+
+def median_round(rounds: Sequence[Round]) -> Round:
+    """One report from several rounds of the same variants, in the same order.
+
+    Each row is the one of its median round by the ratio to that round's own numpy loop (ties,
+    as between the loops themselves, by seconds per epoch; the higher middle one for an even
+    count, so that a target is judged on the less flattering one), with every round's ratio in
+    ``ratio_rounds``; each breakdown is the one of its row's round. Peak memory and the
+    driver's share are limits, not speeds: those are the worst round's.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    rows: list[Row] = []
+    picked: dict[tuple[str, int, int | None, int], int] = {}
+    for i, row in enumerate(rounds[0][0]):
+        each = [r[0][i] for r in rounds]
+        order = sorted(
+            range(len(each)), key=lambda j: (each[j].ratio_to_numpy or 0.0, each[j].epoch_seconds)
+        )
+        pick = order[len(order) // 2]
+        rows.append(dataclasses.replace(each[pick], ratio_rounds=[r.ratio_to_numpy for r in each]))
+        picked[(row.variant, row.batch_size, row.workers, row.staleness or 0)] = pick
+    breakdown: list[Breakdown] = []
+    for i, b in enumerate(rounds[0][1]):
+        each_b = [r[1][i] for r in rounds]
+        chosen = each_b[picked[(b.variant, b.batch_size, b.workers, b.staleness)]]
+        peaks = [x for x in each_b if x.peak_rss_bytes is not None]
+        worst = max(peaks, key=lambda x: x.peak_rss_bytes or 0, default=chosen)
+        shares = [x.driver_cpu_ratio for x in each_b if x.driver_cpu_ratio is not None]
+        breakdown.append(
+            dataclasses.replace(
+                chosen,
+                peak_rss_bytes=worst.peak_rss_bytes,
+                peak_rss_gib=worst.peak_rss_gib,
+                processes=worst.processes,
+                driver_cpu_ratio=max(shares, default=None),
+            )
+        )
+    return rows, breakdown

@@ -141,10 +141,14 @@ def test_cli_prints_one_json_object(prepared_mnist: Path) -> None:
             "0",
             "--data-dir",
             str(prepared_mnist),
+            "--rounds",
+            "2",
         ],
     )
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
+    assert out["config"]["rounds"] == 2
+    assert all(len(r["ratio_rounds"]) == 2 for r in out["results"])
     assert out["torch"] == {"used": False, "reason": "--no-torch"}
     assert [(r["variant"], r["workers"]) for r in out["results"]] == [
         ("floor", None),

@@ -941,6 +941,14 @@ ISSUE14_CASES = [
         "two_node: the two-node cluster's step exchange goes through the object store",
     ),
     Case(
+        "bench-rounds-0",
+        "cli",
+        "`bench --rounds 0`",
+        lambda ws: ["bench", "--rounds", "0"],
+        2,
+        "Invalid value for '--rounds': 0 is not in the range x>=1",
+    ),
+    Case(
         "metrics-grace-inf",
         "cli",
         "`--metrics-grace inf`",
