@@ -62,8 +62,8 @@ class BenchConfig:
             "Run every variant this many times, each round with its own NumPy loop, and report "
             "each row from its median round by the ratio to that round's loop (the higher "
             "middle one for an even count), with every round's ratio beside it: on a shared "
-            "machine one round's ratio is a draw from the host's load. The probe and the "
-            "simulation run in the first round only.",
+            "machine one round's ratio is a draw from the host's load. The probe, the "
+            "simulation and the peak memory are the first round's.",
             min=1,
         ),
     )

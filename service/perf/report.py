@@ -168,7 +168,8 @@ def format_report(report: BenchReport) -> str:
     if rounds > 1:
         lines.append(
             f"{rounds} rounds: each row (and its breakdown) is its median round by x numpy, the "
-            "ratio to that round's own loop; peak RSS and driver CPU are the worst round's"
+            "ratio to that round's own loop; driver CPU is the worst round's, peak RSS the "
+            "first round's (later, the driver holds what the loops before it left)"
         )
     one = [b for b in report.breakdown if b.variant == "dtrain"]
     if one:
