@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from dtrain.service.loopback import BIN, LoopbackCluster
+from dtrain.service.train.loop import POLL_SECONDS
 
 
 @pytest.fixture
@@ -109,6 +110,9 @@ def test_a_node_that_leaves_takes_its_worker_and_the_run_finishes_on_the_head(
     )
     wait_for_step(proc, run_dir, 30, timeout=300)
     cluster.stop_node(1)
+    # The driver records the server's steps every POLL_SECONDS: after two polls the history
+    # holds every step applied before the node left (seen once: 31 read at once, 36 applied).
+    time.sleep(2 * POLL_SECONDS)
     # Steps recorded until now may have been computed by both workers, and stay recorded: the
     # server (placed on either node of a loopback cluster, whose nodes share one address) may
     # have left with the node, and then the run goes on from the newest checkpoint.
