@@ -13,6 +13,7 @@ from typing import Any
 import ray
 
 from dtrain.service.errors import DtrainError, first_line
+from dtrain.service.jobs.endpoint import find_token, token_mode
 from dtrain.service.net import probe
 from dtrain.service.train import localray, stopping
 from dtrain.service.train.config import TrainConfig
@@ -44,6 +45,12 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
             stack.enter_context(localray.local_ray_settings())
         else:
             probe_address(target)
+            # A cluster runs with RAY_AUTH_MODE=token, and Ray's client sends the token it finds
+            # only when that mode is set on this machine too: without it, `--address HEAD:6379`
+            # retried for 20 s ("Authentication token is missing") and failed saying nothing of
+            # the token. As `dtrain submit` and `dtrain jobs` do, the token found is sent unless
+            # the user set a mode; a cluster without authentication ignores it.
+            stack.enter_context(token_mode(find_token()[0]))
         try:
             ray.init(address=target, **kwargs)
         except (OSError, RuntimeError, ValueError) as e:
