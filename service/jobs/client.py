@@ -26,6 +26,7 @@ from dtrain.service.jobs.endpoint import (
     native_stderr_hidden,
     resolve_address,
     token_mode,
+    token_refused,
     without_address_variables,
 )
 from dtrain.service.jobs.record import TERMINAL, JobRecord
@@ -116,26 +117,13 @@ class JobsClient:
         import requests
         from ray.exceptions import AuthenticationError, RpcError
 
-        where = where or getattr(self, "url", "the cluster")
+        where = str(where or getattr(self, "url", "the cluster"))
         try:
             yield
         except DtrainError:
             raise
         except AuthenticationError as e:
-            if self.token is None:
-                found = (
-                    "no token was found"
-                    if self.token_source == "no token"
-                    else (f"none is sent ({self.token_source})")
-                )
-                raise DtrainError(
-                    f"the Ray cluster at {where} requires a token and {found}: "
-                    "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
-                ) from e
-            raise DtrainError(
-                f"the Ray cluster at {where} rejected the token from {self.token_source}: "
-                "it is not this cluster's token"
-            ) from e
+            raise DtrainError(token_refused(where, self.token, self.token_source)) from e
         except RpcError as e:
             raise DtrainError(f"{what}: {where} does not answer as Ray: {first_line(e)}") from e
         except (ConnectionError, requests.exceptions.RequestException) as e:

@@ -63,6 +63,20 @@ def find_token() -> tuple[str | None, str]:
     return None, "no token"
 
 
+def token_refused(where: str, token: str | None, source: str) -> str:
+    """The line for a cluster that refused the token sent (from ``source``), or its absence."""
+    if token is None:
+        found = "no token was found" if source == "no token" else f"none is sent ({source})"
+        return (
+            f"the Ray cluster at {where} requires a token and {found}: "
+            "set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+        )
+    return (
+        f"the Ray cluster at {where} rejected the token from {source}: "
+        "it is not this cluster's token"
+    )
+
+
 @contextlib.contextmanager
 def without_address_variables() -> Iterator[None]:
     """Hide $RAY_ADDRESS and friends: JobSubmissionClient lets them override its argument."""

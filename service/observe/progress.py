@@ -4,7 +4,7 @@ On a terminal, a live tqdm bar per epoch (steps, samples/s, the epoch's running 
 accuracy, ETA), replaced by the epoch's line when the epoch ends. Anywhere else (a submitted
 job's log, a pipe, a file) no carriage return is ever written: one line per epoch, and inside a
 long epoch at most one progress line every ``progress_interval`` seconds, so a job's log shows
-it is alive. ``--quiet`` prints nothing but errors.
+it is alive. ``--quiet`` prints none of it (errors and warnings still go to stderr).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from typing import Any
 
 from dtrain.service.data import dataset
 from dtrain.service.errors import DtrainError
+from dtrain.service.train.config import TrainConfig
 from dtrain.workers.model import ModelSpec
 from dtrain.workers.shards import is_uri
 
@@ -38,6 +39,19 @@ def run_config_path(checkpoint_path: Path) -> Path | None:
         if (run_dir / CONFIG_NAME).is_file():
             return run_dir / CONFIG_NAME
     return None
+
+
+def config_record(config: TrainConfig) -> dict[str, Any]:
+    """What a run's ``config.json`` holds: the config, its local data dir made absolute.
+
+    ``evaluate``, ``predict`` and ``--resume`` read the data dir back from whatever directory
+    they run in; a relative ``--data-dir data/digits`` meant the one ``train`` ran in, and
+    recorded as given it named nothing (or another dataset) from anywhere else.
+    """
+    record = config.to_dict()
+    if not is_uri(config.data_dir):
+        record["data_dir"] = str(Path(config.data_dir).expanduser().absolute())
+    return record
 
 
 def read_run_config(path: Path) -> dict[str, Any]:

@@ -13,6 +13,13 @@ from typing import Any
 import ray
 
 from dtrain.service.errors import DtrainError, first_line
+from dtrain.service.jobs.endpoint import (
+    check_gcs_port,
+    find_token,
+    native_stderr_hidden,
+    token_mode,
+    token_refused,
+)
 from dtrain.service.net import probe
 from dtrain.service.train import localray, stopping
 from dtrain.service.train.config import TrainConfig
@@ -44,6 +51,14 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
             stack.enter_context(localray.local_ray_settings())
         else:
             probe_address(target)
+            # A cluster runs with RAY_AUTH_MODE=token, and Ray's client sends the token it finds
+            # only when that mode is set on this machine too: without it, `--address HEAD:6379`
+            # retried for 20 s ("Authentication token is missing") and failed saying nothing of
+            # the token. As `dtrain submit` and `dtrain jobs` do, the token found is sent unless
+            # the user set a mode; a cluster without authentication ignores it.
+            token, source = find_token()
+            stack.enter_context(token_mode(token))
+            check_token(target, token, source)
         try:
             ray.init(address=target, **kwargs)
         except (OSError, RuntimeError, ValueError) as e:
@@ -76,6 +91,35 @@ def end_monitor() -> None:
     if kill is not None:
         with contextlib.suppress(Exception):  # best effort: shutdown ends it regardless
             kill(check_alive=False)
+
+
+def check_token(address: str, token: str | None, source: str) -> None:
+    """Refuse at once, in one line, a cluster that rejects the token sent or its absence.
+
+    ray.init retries such a cluster for 20 s, Ray's C++ client printing a line a second, then
+    says only "Failed to connect"; Ray's GCS client, asked once, raises AuthenticationError in
+    under a second. Anything else about the address is left to ray.init, as before.
+    """
+    parsed = parse_address(address)
+    if parsed is None or address.startswith("ray://"):
+        return  # Ray resolves these itself: no GCS to ask here
+    host, port = parsed
+    try:
+        # The GCS client waits 40 s on a port that is not a GCS (the dashboard's, say): only a
+        # port that answers as gRPC is asked.
+        check_gcs_port(host, port, address)
+    except DtrainError:
+        return
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # compiled, no stub
+    from ray.exceptions import AuthenticationError, RpcError
+
+    try:
+        with native_stderr_hidden():
+            GcsClient(address=f"{host}:{port}")
+    except AuthenticationError as e:
+        raise DtrainError(token_refused(address, token, source)) from e
+    except RpcError:
+        return
 
 
 def parse_address(address: str) -> tuple[str, int] | None:

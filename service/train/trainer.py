@@ -23,7 +23,7 @@ from dtrain.service.data import transport
 from dtrain.service.errors import DtrainError
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import JobInfo, RunSummary
-from dtrain.service.train import checkpoint, session, stopping
+from dtrain.service.train import checkpoint, runinfo, session, stopping
 from dtrain.service.train.actors import ActorGroup
 from dtrain.service.train.config import TrainConfig
 from dtrain.service.train.membership import Membership
@@ -156,7 +156,8 @@ class Trainer:
         # anything written into it.
         if not self.resume:
             checkpoint.atomic_write_bytes(
-                c.run_dir / "config.json", json.dumps(c.to_dict(), indent=2).encode()
+                c.run_dir / runinfo.CONFIG_NAME,
+                json.dumps(runinfo.config_record(c), indent=2).encode(),
             )
         # The data transport and the workers' shard source are fixed once per run: an
         # object-store source holds the refs of the shipped shards, which must outlive every

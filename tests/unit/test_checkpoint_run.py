@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from dtrain.cli.main import cli
 from dtrain.service.data import dataset
-from dtrain.service.train import checkpoint
+from dtrain.service.train import checkpoint, runinfo
 from dtrain.service.train.config import TrainConfig
 from dtrain.workers.model import ModelSpec, Network, init_params
 from dtrain.workers.shards import read_rows, to_float
@@ -150,3 +150,25 @@ def test_a_checkpoint_foreign_to_its_run_config_is_refused(
     (ckpt.parent / "config.json").write_text(json.dumps(config))
     line = one_line_error(["evaluate", str(ckpt)])
     assert "does not belong to that run" in line
+
+
+def test_a_relative_data_dir_is_the_runs_from_any_directory(
+    mnist_trained: Path, inverted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dtrain train --data-dir prepared` (the README's own form), then `dtrain evaluate` from
+    another directory: config.json named `prepared`, relative, and evaluate found nothing there."""
+    run = Path(shutil.copytree(mnist_trained, tmp_path / "run"))
+    monkeypatch.chdir(inverted.parent)
+    config = TrainConfig(
+        data_dir=Path(inverted.name), run_dir=run, model=ModelSpec(hidden_sizes=(64,))
+    )
+    (run / runinfo.CONFIG_NAME).write_text(json.dumps(runinfo.config_record(config)))
+    monkeypatch.chdir(tmp_path)
+    scores, stderr = evaluate(run / "checkpoint.npz")
+    assert scores["test_accuracy"] == direct_accuracy(run / "checkpoint.npz", inverted)
+    assert str(inverted) in stderr
+
+
+def test_a_uri_data_dir_is_recorded_as_given(tmp_path: Path) -> None:
+    config = TrainConfig(data_dir="s3://bucket/mnist", run_dir=tmp_path)
+    assert runinfo.config_record(config)["data_dir"] == "s3://bucket/mnist"

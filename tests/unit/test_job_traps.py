@@ -10,6 +10,7 @@ import io
 import os
 import shlex
 import socket
+import sys
 import threading
 import time
 import tomllib
@@ -167,12 +168,29 @@ def test_a_python_without_dtrains_dependencies_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setitem(job_entry.REQUIRED, "no_such_module_for_dtrain", "pyarrow")
+    monkeypatch.setattr(job_entry.shutil, "which", lambda name: sys.executable)
     with pytest.raises(SystemExit) as exit_:
         job_entry.main()
     assert exit_.value.code == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("Error: the python running this job (") and "lacks pyarrow" in line
+    assert "the first on the PATH of the node's Ray" in line
     assert "dtrain submit --python" in line
+
+
+def test_a_python_named_by_submit_python_is_not_called_the_paths(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`submit --python /usr/bin/python3` on a node whose PATH has the venv's python: the line
+    named the PATH, whose python was never used."""
+    monkeypatch.setitem(job_entry.REQUIRED, "no_such_module_for_dtrain", "pyarrow")
+    monkeypatch.setattr(job_entry.shutil, "which", lambda name: "/opt/dtrain/.venv/bin/python")
+    with pytest.raises(SystemExit) as exit_:
+        job_entry.main()
+    assert exit_.value.code == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"({sys.executable}, from `dtrain submit --python`) lacks pyarrow" in line
+    assert "PATH" not in line
 
 
 def test_the_entry_check_covers_what_train_needs() -> None:
