@@ -205,18 +205,18 @@ class TrainConfig:
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}")
         for name in ("epochs", "batch_size"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("num_workers", self.num_workers, 1, MAX_WORKERS)
+            check_int(name, getattr(self, name), 1)
+        check_int("num_workers", self.num_workers, 1, MAX_WORKERS)
         for name in ("checkpoint_every", "max_restarts"):
-            _check_int(name, getattr(self, name), 0)
-        _check_int("staleness", self.staleness, 0, MAX_STALENESS)
-        _check_int("seed", self.seed, 0, MAX_SEED)
+            check_int(name, getattr(self, name), 0)
+        check_int("staleness", self.staleness, 0, MAX_STALENESS)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, 1)
+            check_int("max_steps", self.max_steps, 1)
         if self.num_gpu_workers is not None:
-            _check_int("num_gpu_workers", self.num_gpu_workers, 0)
+            check_int("num_gpu_workers", self.num_gpu_workers, 0)
         if self.min_workers is not None:
-            _check_int("min_workers", self.min_workers, 1, MAX_WORKERS)
+            check_int("min_workers", self.min_workers, 1, MAX_WORKERS)
             if self.min_workers > self.num_workers:
                 raise ValueError(
                     f"num_workers MIN:MAX must have MIN <= MAX, got "
@@ -240,8 +240,8 @@ class TrainConfig:
                 f"num_gpu_workers must be between 0 and num_workers ({self.num_workers}), "
                 f"got {self.num_gpu_workers}"
             )
-        _check_float("num_cpus_per_worker", self.num_cpus_per_worker, 0.0, MAX_CPUS_PER_WORKER)
-        _check_float(
+        check_float("num_cpus_per_worker", self.num_cpus_per_worker, 0.0, MAX_CPUS_PER_WORKER)
+        check_float(
             "step_timeout_seconds", self.step_timeout_seconds, 0.0, MAX_STEP_TIMEOUT_SECONDS
         )
         if self.step_timeout_seconds == 0:
@@ -297,7 +297,7 @@ class TrainConfig:
         return cls(**d)
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     # bool is an int to Python, but `epochs = true` in a job file is a mistake, not 1.
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -306,7 +306,7 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
 
 
-def _check_float(name: str, value: Any, low: float, high: float) -> None:
+def check_float(name: str, value: Any, low: float, high: float) -> None:
     # FiniteFloat refuses nan and inf on the command line; config.json and job files come here.
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {value!r}")

@@ -1654,6 +1654,95 @@ RUN_DIR_CASES = [
 CASES += RUN_DIR_CASES
 
 
+# --- audit: non-regular input files, a checkpoint's progress, output paths under a file -------
+
+
+def fifo(ws: Path, name: str) -> Path:
+    """A FIFO no one writes to: reading it would wait forever (the cases run as processes, so a
+    hang is a timeout, not a stuck test run)."""
+    path = ws / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def resume_fifo_config(ws: Path) -> list[str]:
+    fifo(ws / "prev", "config.json")
+    return ["train", "--resume", str(ws / "prev")]
+
+
+def resume_with_progress(ws: Path, **meta: object) -> list[str]:
+    """A run whose only checkpoint's meta (progress, saved config) is ``meta``."""
+    data = prepared(ws)
+    run = ws / "prev"
+    (run / "checkpoints").mkdir(parents=True)
+    config = {"data_dir": str(data), "run_dir": str(run), "model": {"hidden_sizes": [8]}}
+    config |= {"batch_size": 4, "num_workers": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    ckpt = checkpoint.Checkpoint(spec=SPEC, params=init_params(SPEC, 0), meta=meta)
+    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
+    return ["train", "--resume", str(run)]
+
+
+def notes_file(ws: Path) -> Path:
+    (ws / "notes.txt").write_text("the user's own file")
+    return ws / "notes.txt"
+
+
+def export_under_a_file(ws: Path) -> list[str]:
+    ckpt = str(saved_checkpoint(ws))
+    return ["export", ckpt, "--format", "safetensors", "--out", str(notes_file(ws) / "net.st")]
+
+
+def report_under_a_file(ws: Path) -> list[str]:
+    return [*report_on(ws, STEP), "--out", str(notes_file(ws) / "report.png")]
+
+
+AUDIT_CASES = [
+    Case(
+        "resume-progress-step-negative",
+        "checkpoint",
+        "`--resume` a run whose checkpoint records step -5 (it hung, never reaching the last)",
+        lambda ws: resume_with_progress(ws, progress={"step": -5}),
+        1,
+        "header field meta: progress.step must be an integer in 0..",
+    ),
+    Case(
+        "resume-progress-list",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's progress is `[1, 2]`",
+        lambda ws: resume_with_progress(ws, progress=[1, 2]),
+        1,
+        "progress must be a JSON object, got list",
+    ),
+    Case(
+        "resume-progress-membership",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's membership changes are `[1]`",
+        lambda ws: resume_with_progress(ws, progress={"step": 5, "membership": [1]}),
+        1,
+        "progress.membership must be a list of JSON objects, got [1]",
+    ),
+    Case(
+        "resume-progress-parts",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's batch parts are `[1, 2]` (not all 64)",
+        lambda ws: resume_with_progress(ws, progress={"step": 5, "parts": [1, 2]}),
+        1,
+        "progress.parts must sum to 64, got [1, 2]",
+    ),
+    Case(
+        "resume-meta-config-int",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's saved config is `5`",
+        lambda ws: resume_with_progress(ws, config=5),
+        1,
+        "header field meta: config must be a JSON object, got 5",
+    ),
+]
+CASES += AUDIT_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
