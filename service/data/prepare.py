@@ -32,6 +32,7 @@ from dtrain.service.data.manifest import (
 from dtrain.service.data.sources import EMBEDDED_SOURCE, load_source
 from dtrain.service.data.validate import Split, source_format
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import file_in_the_way
 from dtrain.workers.shardformat import ShardFormat
 from dtrain.workers.shards import one_line
 
@@ -78,6 +79,9 @@ def prepare(
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        blocker = file_in_the_way(out_dir)
+        if blocker is not None:
+            raise DtrainError(f"--out {out_dir}: {blocker} is a file, not a directory") from None
         raise DtrainError(
             f"{out_dir.parent}: cannot create ({one_line(e.strerror or e)})"
         ) from None

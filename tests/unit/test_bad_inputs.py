@@ -1739,6 +1739,46 @@ AUDIT_CASES = [
         1,
         "header field meta: config must be a JSON object, got 5",
     ),
+    Case(
+        "report-out-under-a-file",
+        "report",
+        "`report --out FILE/report.png`, under a regular file",
+        report_under_a_file,
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "report-step-huge",
+        "report",
+        '`report` on a step record with `"step": 10**23` (beyond int64)',
+        lambda ws: report_on(ws, {**STEP, "step": 10**23}),
+        1,
+        "'step' must be an integer in 0..2**63-1, got 100000000000000000000000",
+    ),
+    Case(
+        "export-out-under-a-file",
+        "export",
+        "`export --out FILE/net.st`, under a regular file",
+        export_under_a_file,
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "prepare-out-under-a-file",
+        "prepare",
+        "`data prepare --out FILE/data`, under a regular file",
+        lambda ws: prepare_into(ws, notes_file(ws) / "data"),
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "tensorboard-under-a-file",
+        "trackers",
+        "`--tensorboard FILE/tb`, under a regular file (refused before Ray starts)",
+        lambda ws: train_args(ws / "data", ws, "--tensorboard", str(notes_file(ws) / "tb")),
+        1,
+        "notes.txt is a file, not a directory",
+    ),
 ]
 CASES += AUDIT_CASES
 
