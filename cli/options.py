@@ -25,6 +25,7 @@ import click
 from dtrain.service.observe.metrics import MetricsConfig
 from dtrain.service.observe.progress import ProgressConfig
 from dtrain.service.observe.trackers import TrackerConfig
+from dtrain.service.paths import read_small_text
 from dtrain.service.train.config import TrainConfig
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -227,7 +228,7 @@ def load_job_file(ctx: click.Context, param: click.Parameter, value: str | None)
         return None
     path = Path(value)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_small_text(path))
     except OSError as e:
         raise click.BadParameter(f"cannot read {path}: {e.strerror}", ctx, param) from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -25,6 +25,7 @@ from dtrain.cli.options import (
     with_options,
 )
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import read_small_text
 
 
 @click.command()
@@ -138,10 +139,12 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
     path = run_dir / "config.json"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(read_small_text(path))
     except FileNotFoundError:
         raise DtrainError(f"{run_dir} is not a dtrain run directory (no config.json)") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise DtrainError(f"{path} is unreadable: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DtrainError(f"{path} is unreadable: {' '.join(str(e).split())}") from None
     # Checked alone first, so a damaged file is named as the culprit, not the options.
     try:

@@ -1700,6 +1700,41 @@ def report_under_a_file(ws: Path) -> list[str]:
 
 AUDIT_CASES = [
     Case(
+        "job-file-fifo",
+        "job file",
+        "`--config` names a FIFO (reading it would wait for a writer forever)",
+        lambda ws: ["train", "--config", str(fifo(ws, "job.toml"))],
+        2,
+        "job.toml: not a regular file (a FIFO)",
+        process=True,
+    ),
+    Case(
+        "job-file-huge",
+        "job file",
+        "a 2 MiB job file (`--config /dev/zero` is refused too: not a regular file)",
+        lambda ws: job_file(ws, "#" * (2 << 20)),
+        2,
+        "larger than 1 MiB",
+    ),
+    Case(
+        "resume-config-fifo",
+        "checkpoint",
+        "`--resume` a run whose config.json is a FIFO",
+        resume_fifo_config,
+        1,
+        "config.json is unreadable: not a regular file (a FIFO)",
+        process=True,
+    ),
+    Case(
+        "checkpoint-fifo",
+        "checkpoint",
+        "`evaluate` of a FIFO",
+        lambda ws: ["evaluate", str(fifo(ws, "ckpt.npz"))],
+        1,
+        "is not a regular file",
+        process=True,
+    ),
+    Case(
         "resume-progress-step-negative",
         "checkpoint",
         "`--resume` a run whose checkpoint records step -5 (it hung, never reaching the last)",
