@@ -66,3 +66,22 @@ def read_small_text(path: Path, limit: int = MAX_SMALL_FILE_BYTES) -> str:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB", str(path))
     return data.decode("utf-8")
+
+
+def non_utf8(path: Path | str) -> str | None:
+    """``path`` shown with its bytes escaped when its name is not valid UTF-8, else None.
+    pyarrow and Ray take paths as UTF-8 text; Python holds other bytes as surrogates, which
+    they fail to encode deep inside, in a traceback."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return None
+
+
+def check_utf8(path: Path | str, what: str) -> None:
+    shown = non_utf8(path)
+    if shown is not None:
+        raise DtrainError(
+            f"{what} {shown}: the name is not valid UTF-8, which Arrow and Ray need; rename it"
+        )

@@ -32,7 +32,7 @@ from dtrain.service.data.manifest import (
 from dtrain.service.data.sources import EMBEDDED_SOURCE, load_source
 from dtrain.service.data.validate import Split, source_format
 from dtrain.service.errors import DtrainError
-from dtrain.service.paths import file_in_the_way
+from dtrain.service.paths import check_utf8, file_in_the_way
 from dtrain.workers.shardformat import ShardFormat
 from dtrain.workers.shards import one_line
 
@@ -60,6 +60,9 @@ def prepare(
     ``num_classes`` states K (else the largest label + 1); ``columns`` names a table source's
     feature and label columns.
     """
+    check_utf8(out_dir, "--out")
+    if source is not None:
+        check_utf8(source, "--source")
     out_dir = Path(out_dir).expanduser().resolve()
     shard_counts = {"train": num_shards, "test": num_test_shards}
     for split, count in shard_counts.items():
@@ -265,6 +268,7 @@ def ensure_prepared(
     (evaluate and predict given a --data-dir) a missing dataset is an error, not a download-sized
     surprise in a folder the user only meant to read from.
     """
+    check_utf8(data_dir, "data directory")  # before its shards reach pyarrow
     data_dir = Path(data_dir).expanduser()
     if (data_dir / MANIFEST_NAME).is_file():
         return read_manifest(data_dir)

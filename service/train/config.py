@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dtrain.service.data.transport import TRANSPORTS
+from dtrain.service.paths import non_utf8
 from dtrain.service.ps.optim import OptimizerConfig
 from dtrain.workers.model import ModelSpec
 from dtrain.workers.sampling import MAX_WORKERS
@@ -201,6 +202,12 @@ class TrainConfig:
         if not is_uri(self.data_dir):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "run_dir", Path(self.run_dir))
+        for name in ("data_dir", "run_dir"):
+            shown = non_utf8(getattr(self, name))
+            if shown is not None:
+                raise ValueError(
+                    f"{name} {shown}: the name is not valid UTF-8, which Arrow and Ray need"
+                )
         for name, kind in (("model", ModelSpec), ("optimizer", OptimizerConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}")

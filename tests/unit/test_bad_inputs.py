@@ -1818,6 +1818,46 @@ AUDIT_CASES = [
 CASES += AUDIT_CASES
 
 
+def not_utf8(ws: Path, name: bytes) -> Path:
+    """A path whose last name holds a byte that is not UTF-8 (Python keeps it as a surrogate)."""
+    return ws / os.fsdecode(name)
+
+
+def evaluate_not_utf8_data(ws: Path) -> list[str]:
+    data = not_utf8(ws, b"data-\xff")
+    prepared(ws).rename(data)
+    return ["evaluate", str(saved_checkpoint(ws)), "--data-dir", str(data)]
+
+
+UTF8_CASES = [
+    Case(
+        "prepare-out-not-utf8",
+        "prepare",
+        "`data prepare --out` a folder whose name holds the byte 0xff (a pyarrow traceback)",
+        lambda ws: prepare_into(ws, not_utf8(ws, b"data-\xff")),
+        1,
+        "data-\\xff: the name is not valid UTF-8, which Arrow and Ray need; rename it",
+    ),
+    Case(
+        "evaluate-data-dir-not-utf8",
+        "dataset",
+        "`evaluate --data-dir` a prepared dataset whose folder name holds the byte 0xff",
+        evaluate_not_utf8_data,
+        1,
+        "data-\\xff: the name is not valid UTF-8",
+    ),
+    Case(
+        "run-dir-not-utf8",
+        "run dir",
+        "`--run-dir` whose name holds the byte 0xff (Ray could not start)",
+        lambda ws: run_dir_args(ws, not_utf8(ws, b"run-\xff")),
+        2,
+        "run-\\xff: the name is not valid UTF-8",
+    ),
+]
+CASES += UTF8_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
