@@ -32,6 +32,7 @@ from dtrain.service.data.manifest import (
 from dtrain.service.data.sources import EMBEDDED_SOURCE, load_source
 from dtrain.service.data.validate import Split, source_format
 from dtrain.service.errors import DtrainError
+from dtrain.service.net import split_url
 from dtrain.service.paths import check_utf8, file_in_the_way
 from dtrain.workers.shardformat import ShardFormat
 from dtrain.workers.shards import one_line
@@ -108,7 +109,7 @@ def _source_text(source: str | Path) -> str:
     text = str(source)
     if text.lower().startswith(("http://", "https://")):
         # The manifest is shared and printed; credentials in the URL must not end up in it.
-        parts = urllib.parse.urlsplit(text)
+        parts = split_url(text, "--source URL")
         if parts.username is not None or parts.password is not None:
             host = parts.netloc.rpartition("@")[2]
             text = urllib.parse.urlunsplit(parts._replace(netloc=host))

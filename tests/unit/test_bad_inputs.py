@@ -1857,6 +1857,34 @@ UTF8_CASES = [
 ]
 CASES += UTF8_CASES
 
+URL_CASES = [
+    Case(
+        "jobs-address-ipv6-unclosed",
+        "cluster",
+        "`jobs list --address 'http://[::1'` (an IPv6 host's `[` never closed)",
+        lambda ws: ["jobs", "list", "--address", "http://[::1"],
+        1,
+        "bad Jobs API address 'http://[::1' (from --address): Invalid IPv6 URL",
+    ),
+    Case(
+        "pushgateway-ipv6-unclosed",
+        "cli",
+        "`--pushgateway 'http://[::1'`",
+        lambda ws: train_args(ws / "data", ws, "--pushgateway", "http://[::1"),
+        1,
+        "bad --pushgateway URL 'http://[::1'",
+    ),
+    Case(
+        "source-url-ipv6-unclosed",
+        "dataset",
+        "`data prepare --source 'http://[::1'`",
+        lambda ws: ["data", "prepare", "--source", "http://[::1", "--out", str(ws / "out")],
+        1,
+        "bad --source URL 'http://[::1': Invalid IPv6 URL",
+    ),
+]
+CASES += URL_CASES
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
