@@ -1886,6 +1886,27 @@ URL_CASES = [
 CASES += URL_CASES
 
 
+def long_png(ws: Path) -> list[str]:
+    from PIL import Image
+
+    path = ws / "line.png"
+    Image.new("L", (1_000_000, 1), 255).save(path)  # a few kB; its square would be 10**12 bytes
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
+
+
+PICTURE_CASES = [
+    Case(
+        "predict-picture-long",
+        "predict",
+        "`predict` on a 1,000,000 x 1 PNG (padded to a square it was a MemoryError, or worse)",
+        long_png,
+        1,
+        "picture is 1000000x1, a side longer than 16384 pixels",
+    ),
+]
+CASES += PICTURE_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
