@@ -66,11 +66,7 @@ def train(
 
     check_run_dir_options(ctx, resume_dir, overwrite)
     if resume_dir is not None:
-        given = {
-            name: value
-            for name, value in opts.items()
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        }
+        given = {name: value for name, value in opts.items() if chosen(ctx, name)}
         config = build_config(given, base=saved_config(resume_dir), run_dir=resume_dir)
     else:
         config = build_config(opts)
@@ -123,15 +119,29 @@ def check_run_dir_options(ctx: click.Context, resume_dir: Path | None, overwrite
         raise click.UsageError(
             "--overwrite starts a new run, --resume continues one: give one of them", ctx
         )
-    if ctx.get_parameter_source("run_dir") != click.core.ParameterSource.COMMANDLINE:
+    if not chosen(ctx, "run_dir"):
         return
     run_dir = ctx.params.get("run_dir")
     if run_dir is not None and Path(run_dir).resolve() != resume_dir.resolve():
+        where = "--run-dir" if from_command_line(ctx, "run_dir") else "the job file's run-dir"
         raise click.UsageError(
-            f"--resume {resume_dir} continues the run in {resume_dir}, but --run-dir names "
-            f"{run_dir}: drop --run-dir (a resumed run stays in its directory)",
+            f"--resume {resume_dir} continues the run in {resume_dir}, but {where} names "
+            f"{run_dir}: drop it (a resumed run stays in its directory)",
             ctx,
         )
+
+
+def from_command_line(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def chosen(ctx: click.Context, name: str) -> bool:
+    """The user gave option ``name``: on the command line, or in the --config job file (click's
+    default_map). A job file's values count on --resume as the command line's do: they are
+    checked against the run's, never dropped in silence."""
+    return from_command_line(ctx, name) or (
+        ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT_MAP
+    )
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:

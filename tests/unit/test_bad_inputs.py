@@ -1907,6 +1907,42 @@ PICTURE_CASES = [
 CASES += PICTURE_CASES
 
 
+def resume_with_job_file(ws: Path) -> list[str]:
+    """A 5-epoch run's checkpoint, resumed with a job file that says 7 epochs."""
+    run = ws / "prev"
+    config = TrainConfig(data_dir=prepared(ws), run_dir=run, model=SPEC, batch_size=4).to_dict()
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    ckpt = checkpoint.Checkpoint(spec=SPEC, params=init_params(SPEC, 0), meta={"config": config})
+    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
+    return [*job_file(ws, "[train]\nepochs = 7\n"), "--resume", str(run)]
+
+
+RESUME_JOB_FILE_CASES = [
+    Case(
+        "resume-job-file-epochs",
+        "job file",
+        "`--resume RUN --config` a job file whose `epochs` differs from the run's (was ignored)",
+        resume_with_job_file,
+        1,
+        "cannot resume, the config differs from the checkpoint's: epochs: checkpoint 5, now 7",
+    ),
+    Case(
+        "resume-job-file-run-dir",
+        "job file",
+        "`--resume RUN --config` a job file whose `run-dir` names another (was ignored)",
+        lambda ws: [
+            *job_file(ws, f'[train]\nrun-dir = "{ws / "other"}"\n'),
+            "--resume",
+            str(earlier_run(ws)),
+        ],
+        2,
+        "but the job file's run-dir names",
+    ),
+]
+CASES += RESUME_JOB_FILE_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
