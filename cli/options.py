@@ -36,13 +36,23 @@ JOB_FILE_TABLE = "train"
 JOB_FILE_NAMES_KEY = "dtrain.job_file_names"
 
 
+class UserPath(click.Path):
+    """click.Path that also refuses the empty string. Path("") is ".": an unset variable in
+    `--run-dir "$RUN"` wrote a run into the current directory, beside the user's files."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value == "":
+            self.fail("an empty path (a shell variable that expanded to nothing?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def json_option(what: str) -> Decorator:
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
 
 
 def data_dir_option(help: str) -> Decorator:
     return click.option(
-        "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
+        "--data-dir", type=UserPath(file_okay=False, path_type=Path), default=None, help=help
     )
 
 
@@ -95,10 +105,10 @@ def _click_type(hint: Any, meta: Any) -> Any:
             max_open=meta.get("max_open", False),
         )
     if base is Path:
-        return click.Path(file_okay=False, path_type=Path)
+        return UserPath(file_okay=False, path_type=Path)
     if hint == Path | str:
         # A string, not a Path: Path() would fold the "//" of a URI such as s3://bucket/mnist.
-        return click.Path(file_okay=False)
+        return UserPath(file_okay=False)
     return click.STRING
 
 
@@ -316,7 +326,7 @@ def check_job_value(
 
 config_file_option = click.option(
     "--config",
-    type=click.Path(dir_okay=False),
+    type=UserPath(dir_okay=False),
     is_eager=True,
     expose_value=False,
     callback=load_job_file,

@@ -16,6 +16,7 @@ from dtrain.cli.options import (
     PROGRESS_OPTIONS,
     TRACKER_OPTIONS,
     TRAIN_OPTIONS,
+    UserPath,
     build_config,
     config_file_option,
     json_option,
@@ -34,7 +35,7 @@ from dtrain.service.paths import read_small_text
 @click.option(
     "--resume",
     "resume_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=UserPath(file_okay=False, path_type=Path),
     default=None,
     help="Continue the run in this run directory from its newest whole checkpoint.",
 )

@@ -198,6 +198,8 @@ class TrainConfig:
         for name in ("data_dir", "run_dir"):
             if not isinstance(getattr(self, name), str | Path):
                 raise TypeError(f"{name} must be a path string, got {getattr(self, name)!r}")
+            if str(getattr(self, name)) == "":  # Path("") is the current directory
+                raise ValueError(f"{name} must not be empty")
         # Path() would fold the "//" of a URI, so URIs stay strings.
         if not is_uri(self.data_dir):
             object.__setattr__(self, "data_dir", Path(self.data_dir))

@@ -1942,6 +1942,42 @@ RESUME_JOB_FILE_CASES = [
 ]
 CASES += RESUME_JOB_FILE_CASES
 
+EMPTY_PATH_CASES = [
+    Case(
+        "run-dir-empty",
+        "run dir",
+        "`--run-dir ''` (an unset shell variable: the run went into the current directory)",
+        lambda ws: ["train", "--data-dir", str(ws / "data"), "--run-dir", ""],
+        2,
+        "Invalid value for '--run-dir': an empty path",
+    ),
+    Case(
+        "job-file-run-dir-empty",
+        "job file",
+        'a job file with `run-dir = ""`',
+        lambda ws: job_file(ws, '[train]\nrun-dir = ""\n'),
+        2,
+        "Invalid value for '--run-dir': an empty path",
+    ),
+    Case(
+        "report-out-empty",
+        "report",
+        "`report RUN --out ''` (a ValueError traceback)",
+        lambda ws: [*report_on(ws, STEP), "--out", ""],
+        2,
+        "Invalid value for '--out': an empty path",
+    ),
+    Case(
+        "evaluate-empty",
+        "checkpoint",
+        "`evaluate ''` (it evaluated the current directory's checkpoint.npz)",
+        lambda ws: ["evaluate", ""],
+        2,
+        "Invalid value for 'CHECKPOINT': an empty path",
+    ),
+]
+CASES += EMPTY_PATH_CASES
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
