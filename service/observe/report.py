@@ -199,6 +199,25 @@ def phases(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {"compute": compute, "aggregate": aggregate, "update": update, "wait": wait}
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_replaceable(out: Path) -> None:
+    """An existing --out is replaced only when it is a PNG (an earlier report): a typo such as
+    `--out notes.txt` must not turn the user's file into a picture."""
+    if not out.exists() and not out.is_symlink():
+        return
+    head = b""
+    if out.is_file():  # never open a FIFO: it would wait for a writer
+        try:
+            with out.open("rb") as f:
+                head = f.read(len(PNG_SIGNATURE))
+        except OSError:
+            pass
+    if head != PNG_SIGNATURE:
+        raise DtrainError(f"{out} exists and is not a PNG picture: give --out a new file")
+
+
 def render(run_dir: Path, out: Path) -> Path:
     import matplotlib
 
@@ -208,6 +227,7 @@ def render(run_dir: Path, out: Path) -> Path:
 
     steps, epochs = read_history(run_dir)
     check_parent(out, "report")  # before the plotting, not after it
+    check_replaceable(out)
     summary_path = run_dir / "summary.json"
     summary = read_summary(summary_path) if summary_path.is_file() else None
     x = np.array([s["step"] for s in steps])

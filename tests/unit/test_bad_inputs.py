@@ -1978,6 +1978,18 @@ EMPTY_PATH_CASES = [
 ]
 CASES += EMPTY_PATH_CASES
 
+CLOBBER_CASES = [
+    Case(
+        "report-out-users-file",
+        "report",
+        "`report RUN --out notes.txt`, the user's file (it was replaced by the picture)",
+        lambda ws: [*report_on(ws, STEP), "--out", str(notes_file(ws))],
+        1,
+        "notes.txt exists and is not a PNG picture: give --out a new file",
+    ),
+]
+CASES += CLOBBER_CASES
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
