@@ -51,10 +51,10 @@ def write_error(path: Path, e: OSError, what: str) -> DtrainError:
 MAX_SMALL_FILE_BYTES = 1 << 20
 
 
-def read_small_text(path: Path, limit: int = MAX_SMALL_FILE_BYTES) -> str:
-    """A small UTF-8 file (a job file, a run's config.json), whole. Anything but a regular file
-    of at most ``limit`` bytes is an OSError whose strerror says why: reading a FIFO would wait
-    for a writer forever, and /dev/zero never ends. UnicodeDecodeError as ``read_text``."""
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of ``path`` (at most ``limit`` + 1 of them), which must be a regular file: else
+    an OSError whose strerror says why. Reading a FIFO would wait for a writer forever, and
+    /dev/zero never ends."""
     # O_NONBLOCK: opening a FIFO for reading would otherwise block until a writer opens it.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
@@ -62,7 +62,14 @@ def read_small_text(path: Path, limit: int = MAX_SMALL_FILE_BYTES) -> str:
         if not stat.S_ISREG(mode):
             kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
             raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
-        data = f.read(limit + 1)
+        return f.read() if limit is None else f.read(limit + 1)
+
+
+def read_small_text(path: Path, limit: int = MAX_SMALL_FILE_BYTES) -> str:
+    """A small UTF-8 file (a job file, a run's config.json), whole: a regular file (see
+    ``read_regular``) of at most ``limit`` bytes, else an OSError whose strerror says why.
+    UnicodeDecodeError as ``read_text``."""
+    data = read_regular(path, limit)
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"larger than {limit >> 20} MiB", str(path))
     return data.decode("utf-8")

@@ -1991,6 +1991,26 @@ CLOBBER_CASES = [
 CASES += CLOBBER_CASES
 
 
+def resume_history_fifo(ws: Path) -> list[str]:
+    args = resume_with_progress(ws)
+    fifo(ws / "prev", "history.jsonl")
+    return args
+
+
+HISTORY_FIFO_CASES = [
+    Case(
+        "resume-history-fifo",
+        "checkpoint",
+        "`--resume` a run whose history.jsonl is a FIFO (the resume hung)",
+        resume_history_fifo,
+        1,
+        "history.jsonl: not a regular file (a FIFO)",
+        process=True,
+    ),
+]
+CASES += HISTORY_FIFO_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
