@@ -2011,6 +2011,69 @@ HISTORY_FIFO_CASES = [
 CASES += HISTORY_FIFO_CASES
 
 
+def with_env(**values: str) -> None:
+    """Set environment variables for one case (a process case inherits them); undone after."""
+    saved = {name: os.environ.get(name) for name in [*values, "RAY_AUTH_MODE"]}
+    os.environ.pop("RAY_AUTH_MODE", None)  # token mode, Ray's default: the token is read
+    os.environ.update(values)
+
+    def restore() -> None:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    UNDO.append(restore)
+
+
+def token_file(ws: Path, data: bytes) -> list[str]:
+    path = ws / "token"
+    path.write_bytes(data)
+    with_env(RAY_AUTH_TOKEN_PATH=str(path))
+    return ["jobs", "list", "--address", "http://127.0.0.1:1"]
+
+
+def token_fifo(ws: Path) -> list[str]:
+    with_env(RAY_AUTH_TOKEN_PATH=str(fifo(ws, "token")))
+    return ["jobs", "list", "--address", "http://127.0.0.1:1"]
+
+
+def train_with_token(ws: Path) -> list[str]:
+    with_env(RAY_AUTH_TOKEN="abc\x01def")
+    return train_args(prepared(ws), ws, "--batch-size", "4")
+
+
+TOKEN_CASES = [
+    Case(
+        "token-file-not-text",
+        "cluster",
+        "`$RAY_AUTH_TOKEN_PATH` naming a file of bytes that are not UTF-8 (`jobs list`)",
+        lambda ws: token_file(ws, b"\xff\xfe"),
+        1,
+        "/token) is not text",
+    ),
+    Case(
+        "token-file-fifo",
+        "cluster",
+        "`$RAY_AUTH_TOKEN_PATH` naming a FIFO (`jobs list` hung)",
+        token_fifo,
+        1,
+        "/token): not a regular file (a FIFO)",
+        process=True,
+    ),
+    Case(
+        "train-token-control-character",
+        "cluster",
+        "`train` with `$RAY_AUTH_TOKEN` holding a control character (Ray's gRPC aborted: 134)",
+        train_with_token,
+        1,
+        "$RAY_AUTH_TOKEN holds a token with characters a header cannot carry",
+    ),
+]
+CASES += TOKEN_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
