@@ -2073,6 +2073,26 @@ TOKEN_CASES = [
 ]
 CASES += TOKEN_CASES
 
+BENCH_CASES = [
+    Case(
+        "bench-workers-65",
+        "cli",
+        "`bench --num-workers 65` (at most 64: it failed only when that variant's turn came)",
+        lambda ws: ["bench", "--num-workers", "65"],
+        2,
+        "workers must all be <= 64, got [65]",
+    ),
+    Case(
+        "bench-staleness-33",
+        "cli",
+        "`bench --staleness 33` (at most 32, as for train)",
+        lambda ws: ["bench", "--staleness", "33"],
+        2,
+        "staleness must name values <= 32, got [33]",
+    ),
+]
+CASES += BENCH_CASES
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
