@@ -363,6 +363,11 @@ def build_config(
             d[LOWER_BOUNDS[target]], d[target] = low, high
         else:
             d[target] = value
+    gpu_option = next(o for o, field in TRAIN_FIELDS.items() if field == "num_gpu_workers")
+    if d.get("device") != "gpu" and opts.get(gpu_option) is None:
+        # A GPU run resumed with --device cpu or auto: its saved GPU worker count no longer
+        # applies (TrainConfig refuses one given with another device).
+        d["num_gpu_workers"] = None
     d.setdefault("data_dir", default_data_dir())
     if d.get("run_dir") is None:
         d["run_dir"] = default_run_dir()

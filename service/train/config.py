@@ -249,6 +249,12 @@ class TrainConfig:
                 f"num_gpu_workers must be between 0 and num_workers ({self.num_workers}), "
                 f"got {self.num_gpu_workers}"
             )
+        if self.num_gpu_workers is not None and self.device != "gpu":
+            # Only device "gpu" reads it: elsewhere it would be dropped without a word.
+            raise ValueError(
+                f"num_gpu_workers applies to device gpu only, not {self.device}: give "
+                "--device gpu with it, or leave it out"
+            )
         check_float("num_cpus_per_worker", self.num_cpus_per_worker, 0.0, MAX_CPUS_PER_WORKER)
         check_float(
             "step_timeout_seconds", self.step_timeout_seconds, 0.0, MAX_STEP_TIMEOUT_SECONDS

@@ -2093,6 +2093,18 @@ BENCH_CASES = [
 ]
 CASES += BENCH_CASES
 
+CONFLICT_CASES = [
+    Case(
+        "gpu-workers-without-gpu-device",
+        "cli",
+        "`--gpu-workers 1` without `--device gpu` (it was ignored in silence)",
+        lambda ws: ["train", "--gpu-workers", "1"],
+        2,
+        "--gpu-workers: num_gpu_workers applies to device gpu only, not cpu",
+    ),
+]
+CASES += CONFLICT_CASES
+
 
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
