@@ -2102,6 +2102,14 @@ CONFLICT_CASES = [
         2,
         "--gpu-workers: num_gpu_workers applies to device gpu only, not cpu",
     ),
+    Case(
+        "train-address-jobs-api",
+        "cluster",
+        "`train --address http://127.0.0.1:8265` (the Jobs API's address, not the cluster's)",
+        lambda ws: train_args(prepared(ws), ws, "--address", "http://127.0.0.1:8265"),
+        1,
+        "that is a Jobs API address (use it with `dtrain submit`)",
+    ),
 ]
 CASES += CONFLICT_CASES
 
