@@ -8,12 +8,12 @@ from pathlib import Path
 import click
 
 from dtrain.cli.group import DtrainGroup
-from dtrain.cli.options import json_option
+from dtrain.cli.options import UserPath, json_option
 from dtrain.service.data import dataset, tables
 from dtrain.service.data.manifest import input_text
 from dtrain.workers.shardformat import MAX_CLASSES
 
-_DIR = click.Path(path_type=Path, file_okay=False)
+_DIR = UserPath(path_type=Path, file_okay=False)
 _DEFAULT_DIR_HELP = "$DTRAIN_DATA_DIR, else ~/.cache/dtrain/mnist"
 
 

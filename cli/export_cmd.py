@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from dtrain.cli.options import UserPath
+
 FORMATS = ("onnx", "safetensors")
 
 
 @click.command()
-@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=UserPath(path_type=Path))
 @click.option(
     "--format",
     "fmt",
@@ -21,7 +23,7 @@ FORMATS = ("onnx", "safetensors")
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=UserPath(dir_okay=False, path_type=Path),
     default=None,
     help="File to write; an existing file is never replaced. [default: the checkpoint's path "
     "with .onnx or .safetensors]",

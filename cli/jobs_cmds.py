@@ -29,6 +29,7 @@ from dtrain.cli.options import (
     JOB_FILE_NAMES_KEY,
     CountRange,
     FiniteFloat,
+    UserPath,
     build_config,
     json_option,
 )
@@ -342,7 +343,7 @@ def stop_cmd(job_id: str, address: str | None, as_json: bool, timeout: float) ->
 @click.option("--address", default=None, help=ADDRESS_HELP)
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=UserPath(file_okay=False, path_type=Path),
     default=None,
     help="Directory to create for the run (it must not exist). [default: ./JOB_ID]",
 )

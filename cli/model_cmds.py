@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import numpy as np
 
-from dtrain.cli.options import data_dir_option, json_option
+from dtrain.cli.options import UserPath, data_dir_option, json_option
 from dtrain.service.errors import DtrainError
 
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 @click.command()
-@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=UserPath(path_type=Path))
 @data_dir_option(
     "Prepared dataset whose test split is evaluated; it must already be prepared. "
     "[default: the checkpoint's run's own (config.json beside it), else as for train, "
@@ -77,8 +77,8 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 @click.command()
-@click.argument("checkpoint_path", metavar="CHECKPOINT", type=click.Path(path_type=Path))
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("checkpoint_path", metavar="CHECKPOINT", type=UserPath(path_type=Path))
+@click.argument("inputs", nargs=-1, type=UserPath(path_type=Path))
 @click.option(
     "--test-samples",
     type=click.IntRange(min=1),

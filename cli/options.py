@@ -25,6 +25,7 @@ import click
 from dtrain.service.observe.metrics import MetricsConfig
 from dtrain.service.observe.progress import ProgressConfig
 from dtrain.service.observe.trackers import TrackerConfig
+from dtrain.service.paths import read_small_text
 from dtrain.service.train.config import TrainConfig
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -35,13 +36,23 @@ JOB_FILE_TABLE = "train"
 JOB_FILE_NAMES_KEY = "dtrain.job_file_names"
 
 
+class UserPath(click.Path):
+    """click.Path that also refuses the empty string. Path("") is ".": an unset variable in
+    `--run-dir "$RUN"` wrote a run into the current directory, beside the user's files."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and value == "":
+            self.fail("an empty path (a shell variable that expanded to nothing?)", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def json_option(what: str) -> Decorator:
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
 
 
 def data_dir_option(help: str) -> Decorator:
     return click.option(
-        "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help=help
+        "--data-dir", type=UserPath(file_okay=False, path_type=Path), default=None, help=help
     )
 
 
@@ -94,10 +105,10 @@ def _click_type(hint: Any, meta: Any) -> Any:
             max_open=meta.get("max_open", False),
         )
     if base is Path:
-        return click.Path(file_okay=False, path_type=Path)
+        return UserPath(file_okay=False, path_type=Path)
     if hint == Path | str:
         # A string, not a Path: Path() would fold the "//" of a URI such as s3://bucket/mnist.
-        return click.Path(file_okay=False)
+        return UserPath(file_okay=False)
     return click.STRING
 
 
@@ -227,7 +238,7 @@ def load_job_file(ctx: click.Context, param: click.Parameter, value: str | None)
         return None
     path = Path(value)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(read_small_text(path))
     except OSError as e:
         raise click.BadParameter(f"cannot read {path}: {e.strerror}", ctx, param) from e
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -315,7 +326,7 @@ def check_job_value(
 
 config_file_option = click.option(
     "--config",
-    type=click.Path(dir_okay=False),
+    type=UserPath(dir_okay=False),
     is_eager=True,
     expose_value=False,
     callback=load_job_file,
@@ -352,6 +363,11 @@ def build_config(
             d[LOWER_BOUNDS[target]], d[target] = low, high
         else:
             d[target] = value
+    gpu_option = next(o for o, field in TRAIN_FIELDS.items() if field == "num_gpu_workers")
+    if d.get("device") != "gpu" and opts.get(gpu_option) is None:
+        # A GPU run resumed with --device cpu or auto: its saved GPU worker count no longer
+        # applies (TrainConfig refuses one given with another device).
+        d["num_gpu_workers"] = None
     d.setdefault("data_dir", default_data_dir())
     if d.get("run_dir") is None:
         d["run_dir"] = default_run_dir()

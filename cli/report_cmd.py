@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from dtrain.cli.options import UserPath
+
 
 @click.command()
-@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("run_dir", type=UserPath(path_type=Path))
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=UserPath(dir_okay=False, path_type=Path),
     default=None,
     help="PNG file to write. [default: RUN_DIR/report.png]",
 )

@@ -16,6 +16,7 @@ from dtrain.cli.options import (
     PROGRESS_OPTIONS,
     TRACKER_OPTIONS,
     TRAIN_OPTIONS,
+    UserPath,
     build_config,
     config_file_option,
     json_option,
@@ -25,6 +26,7 @@ from dtrain.cli.options import (
     with_options,
 )
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import read_small_text
 
 
 @click.command()
@@ -33,7 +35,7 @@ from dtrain.service.errors import DtrainError
 @click.option(
     "--resume",
     "resume_dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=UserPath(file_okay=False, path_type=Path),
     default=None,
     help="Continue the run in this run directory from its newest whole checkpoint.",
 )
@@ -65,11 +67,7 @@ def train(
 
     check_run_dir_options(ctx, resume_dir, overwrite)
     if resume_dir is not None:
-        given = {
-            name: value
-            for name, value in opts.items()
-            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-        }
+        given = {name: value for name, value in opts.items() if chosen(ctx, name)}
         config = build_config(given, base=saved_config(resume_dir), run_dir=resume_dir)
     else:
         config = build_config(opts)
@@ -122,15 +120,29 @@ def check_run_dir_options(ctx: click.Context, resume_dir: Path | None, overwrite
         raise click.UsageError(
             "--overwrite starts a new run, --resume continues one: give one of them", ctx
         )
-    if ctx.get_parameter_source("run_dir") != click.core.ParameterSource.COMMANDLINE:
+    if not chosen(ctx, "run_dir"):
         return
     run_dir = ctx.params.get("run_dir")
     if run_dir is not None and Path(run_dir).resolve() != resume_dir.resolve():
+        where = "--run-dir" if from_command_line(ctx, "run_dir") else "the job file's run-dir"
         raise click.UsageError(
-            f"--resume {resume_dir} continues the run in {resume_dir}, but --run-dir names "
-            f"{run_dir}: drop --run-dir (a resumed run stays in its directory)",
+            f"--resume {resume_dir} continues the run in {resume_dir}, but {where} names "
+            f"{run_dir}: drop it (a resumed run stays in its directory)",
             ctx,
         )
+
+
+def from_command_line(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+def chosen(ctx: click.Context, name: str) -> bool:
+    """The user gave option ``name``: on the command line, or in the --config job file (click's
+    default_map). A job file's values count on --resume as the command line's do: they are
+    checked against the run's, never dropped in silence."""
+    return from_command_line(ctx, name) or (
+        ctx.get_parameter_source(name) == click.core.ParameterSource.DEFAULT_MAP
+    )
 
 
 def saved_config(run_dir: Path) -> dict[str, Any]:
@@ -138,10 +150,12 @@ def saved_config(run_dir: Path) -> dict[str, Any]:
 
     path = run_dir / "config.json"
     try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
+        saved = json.loads(read_small_text(path))
     except FileNotFoundError:
         raise DtrainError(f"{run_dir} is not a dtrain run directory (no config.json)") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    except OSError as e:
+        raise DtrainError(f"{path} is unreadable: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DtrainError(f"{path} is unreadable: {' '.join(str(e).split())}") from None
     # Checked alone first, so a damaged file is named as the culprit, not the options.
     try:

@@ -18,6 +18,7 @@
   job's run directory back).
 - ``export``: a checkpoint's network as ONNX or safetensors (the optional ``export`` extra).
 - ``train/runinfo``: the run a checkpoint came from, so evaluate and predict use its data.
+- ``paths``: why an output file cannot be written (a file where its folder should be).
 
 The worker side (``dtrain.workers``: the model's math, the worker actor, shard reading, the
 shared-memory exchange) depends on nothing here; ``dtrain.cli`` is the command line over both.

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import check_parent, write_error
 from dtrain.service.train.checkpoint import Checkpoint, atomic_write_bytes
 from dtrain.workers.model import Layout
 
@@ -109,9 +110,10 @@ def export(ckpt: Checkpoint, fmt: str, out: Path) -> Path:
     if out.exists() or out.is_symlink():
         # Never replace a file dtrain did not write: the user names another or removes it.
         raise DtrainError(f"{out} already exists: give --out a new file")
+    check_parent(out, f"--format {fmt} file")
     data = onnx_bytes(ckpt) if fmt == "onnx" else safetensors_bytes(ckpt)
     try:
         atomic_write_bytes(out, data)
     except OSError as e:
-        raise DtrainError(f"cannot write {out}: {e.strerror or e}") from e
+        raise write_error(out, e, f"--format {fmt} file") from e
     return out

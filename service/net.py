@@ -7,6 +7,7 @@ seconds, so every command that dials a cluster probes first and fails in one lin
 from __future__ import annotations
 
 import socket
+import urllib.parse
 
 from dtrain.service.errors import DtrainError
 
@@ -19,3 +20,16 @@ def probe(host: str, port: int, what: str) -> None:
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise DtrainError(f"cannot reach {what}: {reason}") from e
+
+
+def split_url(url: str, what: str, where: str = "") -> urllib.parse.SplitResult:
+    """``urlsplit(url)``, whose ValueError (an unclosed "[" of an IPv6 host, a port that is not
+    a number or beyond 65535) is one line naming ``what`` ("Jobs API address") instead of a
+    traceback (``where``: " (from --address)"); the port is read here, as reading it is what
+    raises the port's errors."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - read for the ValueError it raises
+    except ValueError as e:
+        raise DtrainError(f"bad {what} {url!r}{where}: {e}") from None
+    return parts

@@ -31,7 +31,9 @@ def load_images(
             f"{path}: is a directory, expected an image file (PNG, JPEG, .npy, .npz or IDX)"
         )
     if not path.is_file():
-        raise DtrainError(f"{path}: file does not exist")
+        # A FIFO or a device exists but is no image file: "does not exist" would puzzle.
+        what = "not a regular file" if path.exists() else "file does not exist"
+        raise DtrainError(f"{path}: {what}")
     if pictures.picture_format(path) is not None:
         return pictures.load_picture(path, input_size, invert)
     if path.suffix == ".npy" or npzsafe.is_npy(path):

@@ -21,6 +21,9 @@ from dtrain.service.errors import DtrainError
 SIGNATURES = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 # A picture past this many pixels is refused before it is decoded (a "decompression bomb").
 MAX_PIXELS = 50_000_000
+# The square a picture is padded to is held whole, so its side is bounded too: a 1,000,000 x 1
+# PNG (a few hundred bytes, 1 M pixels) would pad to 10**12 bytes. 16384 keeps every photo.
+MAX_SQUARE_SIDE = 16384
 
 
 def picture_format(path: Path) -> str | None:
@@ -53,6 +56,11 @@ def load_picture(path: Path, input_size: int, invert: bool | None = None) -> np.
                     raise DtrainError(
                         f"{path}: picture is {img.width}x{img.height}, more than "
                         f"{MAX_PIXELS:,} pixels"
+                    )
+                if max(img.width, img.height) > MAX_SQUARE_SIDE:
+                    raise DtrainError(
+                        f"{path}: picture is {img.width}x{img.height}, a side longer than "
+                        f"{MAX_SQUARE_SIDE} pixels (it is padded to a square of that side)"
                     )
                 gray = _grayscale(img)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:

@@ -32,6 +32,8 @@ from dtrain.service.data.manifest import (
 from dtrain.service.data.sources import EMBEDDED_SOURCE, load_source
 from dtrain.service.data.validate import Split, source_format
 from dtrain.service.errors import DtrainError
+from dtrain.service.net import split_url
+from dtrain.service.paths import check_utf8, file_in_the_way
 from dtrain.workers.shardformat import ShardFormat
 from dtrain.workers.shards import one_line
 
@@ -59,6 +61,9 @@ def prepare(
     ``num_classes`` states K (else the largest label + 1); ``columns`` names a table source's
     feature and label columns.
     """
+    check_utf8(out_dir, "--out")
+    if source is not None:
+        check_utf8(source, "--source")
     out_dir = Path(out_dir).expanduser().resolve()
     shard_counts = {"train": num_shards, "test": num_test_shards}
     for split, count in shard_counts.items():
@@ -78,6 +83,9 @@ def prepare(
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        blocker = file_in_the_way(out_dir)
+        if blocker is not None:
+            raise DtrainError(f"--out {out_dir}: {blocker} is a file, not a directory") from None
         raise DtrainError(
             f"{out_dir.parent}: cannot create ({one_line(e.strerror or e)})"
         ) from None
@@ -101,7 +109,7 @@ def _source_text(source: str | Path) -> str:
     text = str(source)
     if text.lower().startswith(("http://", "https://")):
         # The manifest is shared and printed; credentials in the URL must not end up in it.
-        parts = urllib.parse.urlsplit(text)
+        parts = split_url(text, "--source URL")
         if parts.username is not None or parts.password is not None:
             host = parts.netloc.rpartition("@")[2]
             text = urllib.parse.urlunsplit(parts._replace(netloc=host))
@@ -261,6 +269,7 @@ def ensure_prepared(
     (evaluate and predict given a --data-dir) a missing dataset is an error, not a download-sized
     surprise in a folder the user only meant to read from.
     """
+    check_utf8(data_dir, "data directory")  # before its shards reach pyarrow
     data_dir = Path(data_dir).expanduser()
     if (data_dir / MANIFEST_NAME).is_file():
         return read_manifest(data_dir)

@@ -28,6 +28,7 @@ from dtrain.service.data import npzsafe, tables, validate
 from dtrain.service.data.manifest import SPLITS
 from dtrain.service.data.validate import Split
 from dtrain.service.errors import DtrainError
+from dtrain.service.net import split_url
 from dtrain.workers.shardformat import MAX_CLASSES
 from dtrain.workers.shards import one_line
 
@@ -256,6 +257,7 @@ def _npz_array(npz: npzsafe.NpzReader, key: str, name: str) -> np.ndarray:
 
 
 def _load_url(url: str, num_classes: int | None) -> dict[str, Split]:
+    split_url(url, "--source URL")  # urlopen would raise its ValueError as a traceback
     base = url.rstrip("/")
     # Downloaded files take the directory path, so a URL source gets exactly the same checks.
     with tempfile.TemporaryDirectory(prefix="dtrain-mnist-") as tmp:

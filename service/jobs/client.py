@@ -14,7 +14,6 @@ import datetime as dt
 import logging
 import secrets
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from dtrain.service.jobs.endpoint import (
 )
 from dtrain.service.jobs.record import TERMINAL, JobRecord
 from dtrain.service.jobs.results import run_facts
-from dtrain.service.net import probe
+from dtrain.service.net import probe, split_url
 
 # How long a stop may take to show: Ray signals the driver, waits 3 s, then kills it.
 STOP_TIMEOUT_SECONDS = 30.0
@@ -70,15 +69,13 @@ class JobsClient:
             self._client = JobSubmissionClient(self.url, headers=headers)
 
     def _api_url(self, raw: str, origin: str) -> str:
-        scheme = urllib.parse.urlsplit(raw).scheme if "://" in raw else ""
+        where = f" (from {origin})"
+        scheme = split_url(raw, "Jobs API address", where).scheme if "://" in raw else ""
         if scheme in ("http", "https"):
-            parts = urllib.parse.urlsplit(raw)
+            parts = split_url(raw, "Jobs API address", where)
             if not parts.hostname:
                 raise DtrainError(f"bad Jobs API address {raw!r} (from {origin})")
-            try:
-                port = parts.port or (443 if scheme == "https" else 80)
-            except ValueError as e:
-                raise DtrainError(f"bad Jobs API address {raw!r} (from {origin}): {e}") from e
+            port = parts.port or (443 if scheme == "https" else 80)
             probe(parts.hostname, port, f"the Ray Jobs API at {raw} (address from {origin})")
             return raw
         if scheme not in ("", "ray"):

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import read_small_text
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
@@ -35,26 +36,35 @@ def resolve_address(address: str | None) -> tuple[str, str]:
     return DEFAULT_ADDRESS, "the default"
 
 
+def check_token(token: str, where: str) -> str:
+    """``token`` if it can travel in an HTTP or gRPC header: printable ASCII, no spaces. Ray's
+    gRPC client aborts the whole process (a core dump, exit 134) on anything else."""
+    if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
+        raise DtrainError(f"{where} holds a token with characters a header cannot carry")
+    return token
+
+
 def find_token() -> tuple[str | None, str]:
     """Ray's token and where it came from, in Ray's own order of precedence."""
     if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "disabled":
         return None, "RAY_AUTH_MODE=disabled"
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     if token:
-        return token, "$RAY_AUTH_TOKEN"
+        return check_token(token, "$RAY_AUTH_TOKEN"), "$RAY_AUTH_TOKEN"
     path_text = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
     if path_text:
         # Ray treats an unreadable token path as fatal rather than falling back; so do we.
         path = Path(path_text).expanduser()
+        where = f"the token file $RAY_AUTH_TOKEN_PATH ({path})"
         try:
-            token = path.read_text(encoding="utf-8").strip()
+            token = read_small_text(path).strip()  # a FIFO would hang the command
         except OSError as e:
-            raise DtrainError(
-                f"cannot read the token file $RAY_AUTH_TOKEN_PATH ({path}): {e.strerror or e}"
-            ) from e
+            raise DtrainError(f"cannot read {where}: {e.strerror or e}") from e
+        except UnicodeDecodeError:
+            raise DtrainError(f"{where} is not text") from None
         if not token:
-            raise DtrainError(f"the token file $RAY_AUTH_TOKEN_PATH ({path}) is empty")
-        return token, f"$RAY_AUTH_TOKEN_PATH ({path})"
+            raise DtrainError(f"{where} is empty")
+        return check_token(token, where), f"$RAY_AUTH_TOKEN_PATH ({path})"
     default = Path.home() / ".ray" / "auth_token"
     with contextlib.suppress(OSError, UnicodeDecodeError):
         token = default.read_text(encoding="utf-8").strip()

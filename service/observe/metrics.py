@@ -109,11 +109,13 @@ def check_pushgateway_url(url: str) -> str:
     ``http.client.InvalidURL``, which is no ``OSError``, on spaces or a non-numeric port.
     """
     full = url if "://" in url else f"http://{url}"
-    parts = urllib.parse.urlsplit(full)
     try:
+        parts = urllib.parse.urlsplit(full)  # an unclosed "[" of an IPv6 host raises here
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
-        port_ok = False
+        raise DtrainError(
+            f"bad --pushgateway URL {url!r}: expected http://HOST:PORT, e.g. http://127.0.0.1:9091"
+        ) from None
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or " " in url:
         raise DtrainError(
             f"bad --pushgateway URL {url!r}: expected http://HOST:PORT, e.g. http://127.0.0.1:9091"

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import check_parent, write_error
 
 PHASE_COLORS = {
     "compute": "#4C72B0",
@@ -139,6 +140,9 @@ RECORD_FIELDS: dict[str, dict[str, str]] = {
 }
 
 
+MAX_COUNT = 2**63 - 1
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -159,6 +163,9 @@ def _check_fields(record: dict[str, Any], fields: dict[str, str], where: str) ->
         if not ok:
             expected = {"int": "an integer", "numbers": "a list of numbers"}.get(kind, "a number")
             raise DtrainError(f"{where}: {name!r} must be {expected}, got {value!r}")
+        if kind == "int" and not 0 <= value <= MAX_COUNT:
+            # JSON integers are unbounded; NumPy's arrays of steps are int64.
+            raise DtrainError(f"{where}: {name!r} must be an integer in 0..2**63-1, got {value!r}")
 
 
 def read_summary(path: Path) -> dict[str, Any]:
@@ -192,6 +199,25 @@ def phases(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return {"compute": compute, "aggregate": aggregate, "update": update, "wait": wait}
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_replaceable(out: Path) -> None:
+    """An existing --out is replaced only when it is a PNG (an earlier report): a typo such as
+    `--out notes.txt` must not turn the user's file into a picture."""
+    if not out.exists() and not out.is_symlink():
+        return
+    head = b""
+    if out.is_file():  # never open a FIFO: it would wait for a writer
+        try:
+            with out.open("rb") as f:
+                head = f.read(len(PNG_SIGNATURE))
+        except OSError:
+            pass
+    if head != PNG_SIGNATURE:
+        raise DtrainError(f"{out} exists and is not a PNG picture: give --out a new file")
+
+
 def render(run_dir: Path, out: Path) -> Path:
     import matplotlib
 
@@ -200,6 +226,8 @@ def render(run_dir: Path, out: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     steps, epochs = read_history(run_dir)
+    check_parent(out, "report")  # before the plotting, not after it
+    check_replaceable(out)
     summary_path = run_dir / "summary.json"
     summary = read_summary(summary_path) if summary_path.is_file() else None
     x = np.array([s["step"] for s in steps])
@@ -261,9 +289,14 @@ def render(run_dir: Path, out: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps, never 2.5
     fig.suptitle(title(run_dir, steps, summary, read_end(run_dir)), fontsize=11)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(tmp)
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # no half-written picture left beside --out
+        raise write_error(out, e, "report") from None
+    finally:
+        plt.close(fig)
     return out

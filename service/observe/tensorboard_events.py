@@ -18,6 +18,7 @@ from dtrain.service.observe.background import Background
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import EpochStats, JobInfo, RunSummary, StepStats
 from dtrain.service.observe.trackers import require
+from dtrain.service.paths import check_dir
 
 
 class TensorBoardWriter(Observer):
@@ -25,6 +26,9 @@ class TensorBoardWriter(Observer):
         # Imported now, before Ray starts: a missing package costs the user no waiting.
         self._tbx = require("tensorboardX", "--tensorboard", "tensorboard")
         self.path = Path(logdir) / run_id
+        # Also before Ray starts: a file where the log folder should be is one line, not
+        # tensorboardX's traceback once the actors are up.
+        check_dir(self.path, "--tensorboard events in")
         self._writer: Any = None
         self._bg: Background | None = None
 

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from dtrain.service.ps.optim import OptimizerConfig
-from dtrain.service.train.config import option
+from dtrain.service.train.config import MAX_STALENESS, option
 from dtrain.workers.model import ModelSpec
+from dtrain.workers.sampling import MAX_WORKERS
 
 # Steady-state defaults: the first steps pay for Ray's actor start, first-touch page faults
 # and BLAS warm-up.
@@ -80,6 +81,14 @@ class BenchConfig:
         object.__setattr__(self, "staleness", tuple(self.staleness))
         if not self.staleness or any(k < 0 for k in self.staleness):
             raise ValueError(f"staleness must name values >= 0, got {list(self.staleness)}")
+        # Each dtrain variant is a TrainConfig: past its bounds it would fail only when that
+        # variant's turn came, after minutes of the variants before it.
+        if any(w > MAX_WORKERS for w in self.workers):
+            raise ValueError(f"workers must all be <= {MAX_WORKERS}, got {list(self.workers)}")
+        if any(k > MAX_STALENESS for k in self.staleness):
+            raise ValueError(
+                f"staleness must name values <= {MAX_STALENESS}, got {list(self.staleness)}"
+            )
         if not self.batch_sizes:
             raise ValueError("batch_sizes must name at least one batch size")
         if self.steps is not None and self.steps < 1:

@@ -90,7 +90,9 @@ def load(path: Path) -> Checkpoint:
     if path.is_dir():
         raise DtrainError(f"checkpoint {path} is a directory, not a checkpoint file")
     if not path.is_file():
-        raise DtrainError(f"checkpoint {path} does not exist")
+        # A FIFO or a device exists but is no checkpoint: "does not exist" would puzzle.
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise DtrainError(f"checkpoint {path} {what}")
     try:
         # Checked member by member, never unpickled: see service/data/npzsafe.py.
         arrays = npzsafe.read_all(path, MAX_ARRAY_BYTES)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dtrain.service.data.transport import TRANSPORTS
+from dtrain.service.paths import non_utf8
 from dtrain.service.ps.optim import OptimizerConfig
 from dtrain.workers.model import ModelSpec
 from dtrain.workers.sampling import MAX_WORKERS
@@ -197,26 +198,34 @@ class TrainConfig:
         for name in ("data_dir", "run_dir"):
             if not isinstance(getattr(self, name), str | Path):
                 raise TypeError(f"{name} must be a path string, got {getattr(self, name)!r}")
+            if str(getattr(self, name)) == "":  # Path("") is the current directory
+                raise ValueError(f"{name} must not be empty")
         # Path() would fold the "//" of a URI, so URIs stay strings.
         if not is_uri(self.data_dir):
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "run_dir", Path(self.run_dir))
+        for name in ("data_dir", "run_dir"):
+            shown = non_utf8(getattr(self, name))
+            if shown is not None:
+                raise ValueError(
+                    f"{name} {shown}: the name is not valid UTF-8, which Arrow and Ray need"
+                )
         for name, kind in (("model", ModelSpec), ("optimizer", OptimizerConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise TypeError(f"{name} must be a {kind.__name__}")
         for name in ("epochs", "batch_size"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("num_workers", self.num_workers, 1, MAX_WORKERS)
+            check_int(name, getattr(self, name), 1)
+        check_int("num_workers", self.num_workers, 1, MAX_WORKERS)
         for name in ("checkpoint_every", "max_restarts"):
-            _check_int(name, getattr(self, name), 0)
-        _check_int("staleness", self.staleness, 0, MAX_STALENESS)
-        _check_int("seed", self.seed, 0, MAX_SEED)
+            check_int(name, getattr(self, name), 0)
+        check_int("staleness", self.staleness, 0, MAX_STALENESS)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, 1)
+            check_int("max_steps", self.max_steps, 1)
         if self.num_gpu_workers is not None:
-            _check_int("num_gpu_workers", self.num_gpu_workers, 0)
+            check_int("num_gpu_workers", self.num_gpu_workers, 0)
         if self.min_workers is not None:
-            _check_int("min_workers", self.min_workers, 1, MAX_WORKERS)
+            check_int("min_workers", self.min_workers, 1, MAX_WORKERS)
             if self.min_workers > self.num_workers:
                 raise ValueError(
                     f"num_workers MIN:MAX must have MIN <= MAX, got "
@@ -240,8 +249,14 @@ class TrainConfig:
                 f"num_gpu_workers must be between 0 and num_workers ({self.num_workers}), "
                 f"got {self.num_gpu_workers}"
             )
-        _check_float("num_cpus_per_worker", self.num_cpus_per_worker, 0.0, MAX_CPUS_PER_WORKER)
-        _check_float(
+        if self.num_gpu_workers is not None and self.device != "gpu":
+            # Only device "gpu" reads it: elsewhere it would be dropped without a word.
+            raise ValueError(
+                f"num_gpu_workers applies to device gpu only, not {self.device}: give "
+                "--device gpu with it, or leave it out"
+            )
+        check_float("num_cpus_per_worker", self.num_cpus_per_worker, 0.0, MAX_CPUS_PER_WORKER)
+        check_float(
             "step_timeout_seconds", self.step_timeout_seconds, 0.0, MAX_STEP_TIMEOUT_SECONDS
         )
         if self.step_timeout_seconds == 0:
@@ -297,7 +312,7 @@ class TrainConfig:
         return cls(**d)
 
 
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
     # bool is an int to Python, but `epochs = true` in a job file is a mistake, not 1.
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r}")
@@ -306,7 +321,7 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise ValueError(f"{name} must be an integer {bounds}, got {value!r}")
 
 
-def _check_float(name: str, value: Any, low: float, high: float) -> None:
+def check_float(name: str, value: Any, low: float, high: float) -> None:
     # FiniteFloat refuses nan and inf on the command line; config.json and job files come here.
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {value!r}")

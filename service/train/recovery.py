@@ -16,8 +16,9 @@ import numpy as np
 
 from dtrain.service.errors import Diverged, DtrainError
 from dtrain.service.train import checkpoint
-from dtrain.service.train.config import TrainConfig
+from dtrain.service.train.config import TrainConfig, check_float, check_int
 from dtrain.workers.model import init_params
+from dtrain.workers.sampling import MAX_WORKERS, NUM_PARTITIONS
 
 FINAL_CHECKPOINT = "checkpoint.npz"
 CHECKPOINT_DIR = "checkpoints"
@@ -66,9 +67,56 @@ class Progress:
         )
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Progress:
+    def from_dict(cls, d: Any) -> Progress:
+        """A checkpoint's saved progress, checked field by field (TypeError or ValueError naming
+        the field): a resumed run trusts every one, and a damaged or hand-edited value would
+        otherwise end in a traceback, or in a hang (a negative step never reaches the last)."""
+        if not isinstance(d, dict):
+            raise TypeError(f"progress must be a JSON object, got {type(d).__name__}")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kept = {k: v for k, v in d.items() if k in names}
+        for name, value in kept.items():
+            _check_progress_field(name, value)
+        return cls(**kept)
+
+
+# Largest count or duration a checkpoint's progress may hold: far beyond any run, and small
+# enough for NumPy's int64 and for float seconds.
+MAX_PROGRESS_COUNT = 2**62
+MAX_PROGRESS_SECONDS = 1e12
+
+
+def _check_progress_field(name: str, value: Any) -> None:
+    if name in ("epoch_loss", "epoch_seconds", "train_seconds"):
+        high = float(MAX_PROGRESS_COUNT) if name == "epoch_loss" else MAX_PROGRESS_SECONDS
+        check_float(f"progress.{name}", value, 0.0, high)
+    elif name == "num_workers":  # 0: the config's num_workers
+        check_int("progress.num_workers", value, 0, MAX_WORKERS)
+    elif name == "parts":
+        # Empty (an even split), or every worker's parts of a batch: all of them, each >= 1.
+        if not isinstance(value, list) or any(
+            not isinstance(p, int) or isinstance(p, bool) or p < 1 for p in value
+        ):
+            raise TypeError(f"progress.parts must be a list of counts >= 1, got {value!r}")
+        if value and sum(value) != NUM_PARTITIONS:
+            raise ValueError(f"progress.parts must sum to {NUM_PARTITIONS}, got {value!r}")
+    elif name in ("history", "membership"):
+        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+            raise TypeError(f"progress.{name} must be a list of JSON objects, got {value!r}")
+        if name == "history":
+            for record in value:
+                # What a resume reads back: the epochs to keep in history.jsonl, the summary.
+                check_int("progress.history epoch", record.get("epoch"), 1, MAX_PROGRESS_COUNT)
+                check_int("progress.history steps", record.get("steps"), 0, MAX_PROGRESS_COUNT)
+                for key in ("train_loss", "train_accuracy"):
+                    if not isinstance(record.get(key), int | float) or isinstance(
+                        record.get(key), bool
+                    ):
+                        raise TypeError(
+                            f"progress.history {key} must be a number, got {record.get(key)!r}"
+                        )
+    else:  # step, epoch_correct, epoch_samples, total_samples, restarts
+        check_int(f"progress.{name}", value, 0, MAX_PROGRESS_COUNT)
 
 
 @dataclass
@@ -200,11 +248,23 @@ def latest_checkpoint(run_dir: Path) -> checkpoint.Checkpoint:
     problems = []
     for path in candidates:
         try:
-            return checkpoint.load(path)
+            return check_meta(path, checkpoint.load(path))
         except DtrainError as e:
             problems.append(str(e))
             print(f"dtrain: skipping {path.name}: {e}", file=sys.stderr)
     raise DtrainError(f"no checkpoint in {run_dir} is loadable: {problems[0]}")
+
+
+def check_meta(path: Path, ckpt: checkpoint.Checkpoint) -> checkpoint.Checkpoint:
+    """``ckpt`` if what a resume reads from its meta (progress, saved config) is well formed; a
+    checkpoint with a damaged meta is as unloadable as one with damaged weights."""
+    try:
+        Progress.from_dict(ckpt.meta.get("progress", {}))
+        if not isinstance(ckpt.meta.get("config", {}), dict):
+            raise TypeError(f"config must be a JSON object, got {ckpt.meta['config']!r}")
+    except (TypeError, ValueError) as e:
+        raise DtrainError(f"checkpoint {path}: header field meta: {e}") from None
+    return ckpt
 
 
 def check_resumable(ckpt: checkpoint.Checkpoint, config: TrainConfig) -> None:

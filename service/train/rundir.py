@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import read_regular
 from dtrain.service.train.checkpoint import atomic_write_bytes
 
 LOCK_FILE = ".dtrain.lock"
@@ -260,7 +261,7 @@ def cut_history(path: Path, step: int, epochs: set[int]) -> None:
     checkpoint's); dropped too: a line torn by the kill. Rewritten atomically, or left as it is.
     """
     try:
-        lines = path.read_bytes().splitlines(keepends=True)
+        lines = read_regular(path).splitlines(keepends=True)  # a FIFO would hang the resume
     except FileNotFoundError:
         return
     except OSError as e:

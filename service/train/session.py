@@ -125,6 +125,13 @@ def check_token(address: str, token: str | None, source: str) -> None:
 def parse_address(address: str) -> tuple[str, int] | None:
     """``(host, port)`` of a ``host:port`` (or ``ray://host:port``) address; None for the forms
     Ray resolves itself (``auto``, ``local``, other URLs). A malformed one is a DtrainError."""
+    if address.lower().startswith(("http://", "https://")):
+        # The Jobs API (dashboard) address: ray.init refuses it with a message about
+        # RAY_ADDRESS, even when it came from --address.
+        raise DtrainError(
+            f"bad Ray address {address!r}: that is a Jobs API address (use it with `dtrain "
+            "submit`); train joins a cluster by its HOST:PORT (GCS) or ray://HOST:PORT"
+        )
     if address in ("auto", "local") or ("://" in address and not address.startswith("ray://")):
         return None
     hostport = address.removeprefix("ray://")

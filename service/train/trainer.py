@@ -21,6 +21,7 @@ import ray
 from dtrain.service import __version__
 from dtrain.service.data import transport
 from dtrain.service.errors import DtrainError
+from dtrain.service.jobs.endpoint import find_token
 from dtrain.service.observe.observers import Observer
 from dtrain.service.observe.stats import JobInfo, RunSummary
 from dtrain.service.train import checkpoint, runinfo, session, stopping
@@ -80,6 +81,9 @@ class Trainer:
         # Cheap checks first: a bad or unreachable address costs no data preparation.
         if not ray.is_initialized():
             session.probe_address(session.resolve_address(self.address))
+            # The token Ray will send: one a header cannot carry makes Ray's gRPC client abort
+            # the process (exit 134), a FIFO token file would hang it; one line here instead.
+            find_token()
         # Checked on the driver (checksums, schemas) before any actor exists.
         manifest = transport.load_manifest(c.data_dir)
         c = self._fit_to_data(manifest)

@@ -1654,6 +1654,466 @@ RUN_DIR_CASES = [
 CASES += RUN_DIR_CASES
 
 
+# --- audit: non-regular input files, a checkpoint's progress, output paths under a file -------
+
+
+def fifo(ws: Path, name: str) -> Path:
+    """A FIFO no one writes to: reading it would wait forever (the cases run as processes, so a
+    hang is a timeout, not a stuck test run)."""
+    path = ws / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def resume_fifo_config(ws: Path) -> list[str]:
+    fifo(ws / "prev", "config.json")
+    return ["train", "--resume", str(ws / "prev")]
+
+
+def resume_with_progress(ws: Path, **meta: object) -> list[str]:
+    """A run whose only checkpoint's meta (progress, saved config) is ``meta``."""
+    data = prepared(ws)
+    run = ws / "prev"
+    (run / "checkpoints").mkdir(parents=True)
+    config = {"data_dir": str(data), "run_dir": str(run), "model": {"hidden_sizes": [8]}}
+    config |= {"batch_size": 4, "num_workers": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    ckpt = checkpoint.Checkpoint(spec=SPEC, params=init_params(SPEC, 0), meta=meta)
+    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
+    return ["train", "--resume", str(run)]
+
+
+def notes_file(ws: Path) -> Path:
+    (ws / "notes.txt").write_text("the user's own file")
+    return ws / "notes.txt"
+
+
+def export_under_a_file(ws: Path) -> list[str]:
+    ckpt = str(saved_checkpoint(ws))
+    return ["export", ckpt, "--format", "safetensors", "--out", str(notes_file(ws) / "net.st")]
+
+
+def report_under_a_file(ws: Path) -> list[str]:
+    return [*report_on(ws, STEP), "--out", str(notes_file(ws) / "report.png")]
+
+
+AUDIT_CASES = [
+    Case(
+        "job-file-fifo",
+        "job file",
+        "`--config` names a FIFO (reading it would wait for a writer forever)",
+        lambda ws: ["train", "--config", str(fifo(ws, "job.toml"))],
+        2,
+        "job.toml: not a regular file (a FIFO)",
+        process=True,
+    ),
+    Case(
+        "job-file-huge",
+        "job file",
+        "a 2 MiB job file (`--config /dev/zero` is refused too: not a regular file)",
+        lambda ws: job_file(ws, "#" * (2 << 20)),
+        2,
+        "larger than 1 MiB",
+    ),
+    Case(
+        "resume-config-fifo",
+        "checkpoint",
+        "`--resume` a run whose config.json is a FIFO",
+        resume_fifo_config,
+        1,
+        "config.json is unreadable: not a regular file (a FIFO)",
+        process=True,
+    ),
+    Case(
+        "checkpoint-fifo",
+        "checkpoint",
+        "`evaluate` of a FIFO",
+        lambda ws: ["evaluate", str(fifo(ws, "ckpt.npz"))],
+        1,
+        "is not a regular file",
+        process=True,
+    ),
+    Case(
+        "resume-progress-step-negative",
+        "checkpoint",
+        "`--resume` a run whose checkpoint records step -5 (it hung, never reaching the last)",
+        lambda ws: resume_with_progress(ws, progress={"step": -5}),
+        1,
+        "header field meta: progress.step must be an integer in 0..",
+    ),
+    Case(
+        "resume-progress-list",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's progress is `[1, 2]`",
+        lambda ws: resume_with_progress(ws, progress=[1, 2]),
+        1,
+        "progress must be a JSON object, got list",
+    ),
+    Case(
+        "resume-progress-membership",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's membership changes are `[1]`",
+        lambda ws: resume_with_progress(ws, progress={"step": 5, "membership": [1]}),
+        1,
+        "progress.membership must be a list of JSON objects, got [1]",
+    ),
+    Case(
+        "resume-progress-parts",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's batch parts are `[1, 2]` (not all 64)",
+        lambda ws: resume_with_progress(ws, progress={"step": 5, "parts": [1, 2]}),
+        1,
+        "progress.parts must sum to 64, got [1, 2]",
+    ),
+    Case(
+        "resume-meta-config-int",
+        "checkpoint",
+        "`--resume` a run whose checkpoint's saved config is `5`",
+        lambda ws: resume_with_progress(ws, config=5),
+        1,
+        "header field meta: config must be a JSON object, got 5",
+    ),
+    Case(
+        "report-out-under-a-file",
+        "report",
+        "`report --out FILE/report.png`, under a regular file",
+        report_under_a_file,
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "report-step-huge",
+        "report",
+        '`report` on a step record with `"step": 10**23` (beyond int64)',
+        lambda ws: report_on(ws, {**STEP, "step": 10**23}),
+        1,
+        "'step' must be an integer in 0..2**63-1, got 100000000000000000000000",
+    ),
+    Case(
+        "export-out-under-a-file",
+        "export",
+        "`export --out FILE/net.st`, under a regular file",
+        export_under_a_file,
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "prepare-out-under-a-file",
+        "prepare",
+        "`data prepare --out FILE/data`, under a regular file",
+        lambda ws: prepare_into(ws, notes_file(ws) / "data"),
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "tensorboard-under-a-file",
+        "trackers",
+        "`--tensorboard FILE/tb`, under a regular file (refused before Ray starts)",
+        lambda ws: train_args(ws / "data", ws, "--tensorboard", str(notes_file(ws) / "tb")),
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+]
+CASES += AUDIT_CASES
+
+
+def not_utf8(ws: Path, name: bytes) -> Path:
+    """A path whose last name holds a byte that is not UTF-8 (Python keeps it as a surrogate)."""
+    return ws / os.fsdecode(name)
+
+
+def evaluate_not_utf8_data(ws: Path) -> list[str]:
+    data = not_utf8(ws, b"data-\xff")
+    prepared(ws).rename(data)
+    return ["evaluate", str(saved_checkpoint(ws)), "--data-dir", str(data)]
+
+
+UTF8_CASES = [
+    Case(
+        "prepare-out-not-utf8",
+        "prepare",
+        "`data prepare --out` a folder whose name holds the byte 0xff (a pyarrow traceback)",
+        lambda ws: prepare_into(ws, not_utf8(ws, b"data-\xff")),
+        1,
+        "data-\\xff: the name is not valid UTF-8, which Arrow and Ray need; rename it",
+    ),
+    Case(
+        "evaluate-data-dir-not-utf8",
+        "dataset",
+        "`evaluate --data-dir` a prepared dataset whose folder name holds the byte 0xff",
+        evaluate_not_utf8_data,
+        1,
+        "data-\\xff: the name is not valid UTF-8",
+    ),
+    Case(
+        "run-dir-not-utf8",
+        "run dir",
+        "`--run-dir` whose name holds the byte 0xff (Ray could not start)",
+        lambda ws: run_dir_args(ws, not_utf8(ws, b"run-\xff")),
+        2,
+        "run-\\xff: the name is not valid UTF-8",
+    ),
+]
+CASES += UTF8_CASES
+
+URL_CASES = [
+    Case(
+        "jobs-address-ipv6-unclosed",
+        "cluster",
+        "`jobs list --address 'http://[::1'` (an IPv6 host's `[` never closed)",
+        lambda ws: ["jobs", "list", "--address", "http://[::1"],
+        1,
+        "bad Jobs API address 'http://[::1' (from --address): Invalid IPv6 URL",
+    ),
+    Case(
+        "pushgateway-ipv6-unclosed",
+        "cli",
+        "`--pushgateway 'http://[::1'`",
+        lambda ws: train_args(ws / "data", ws, "--pushgateway", "http://[::1"),
+        1,
+        "bad --pushgateway URL 'http://[::1'",
+    ),
+    Case(
+        "source-url-ipv6-unclosed",
+        "dataset",
+        "`data prepare --source 'http://[::1'`",
+        lambda ws: ["data", "prepare", "--source", "http://[::1", "--out", str(ws / "out")],
+        1,
+        "bad --source URL 'http://[::1': Invalid IPv6 URL",
+    ),
+]
+CASES += URL_CASES
+
+
+def long_png(ws: Path) -> list[str]:
+    from PIL import Image
+
+    path = ws / "line.png"
+    Image.new("L", (1_000_000, 1), 255).save(path)  # a few kB; its square would be 10**12 bytes
+    return ["predict", str(saved_checkpoint(ws)), str(path)]
+
+
+PICTURE_CASES = [
+    Case(
+        "predict-picture-long",
+        "predict",
+        "`predict` on a 1,000,000 x 1 PNG (padded to a square it was a MemoryError, or worse)",
+        long_png,
+        1,
+        "picture is 1000000x1, a side longer than 16384 pixels",
+    ),
+]
+CASES += PICTURE_CASES
+
+
+def resume_with_job_file(ws: Path) -> list[str]:
+    """A 5-epoch run's checkpoint, resumed with a job file that says 7 epochs."""
+    run = ws / "prev"
+    config = TrainConfig(data_dir=prepared(ws), run_dir=run, model=SPEC, batch_size=4).to_dict()
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(config))
+    ckpt = checkpoint.Checkpoint(spec=SPEC, params=init_params(SPEC, 0), meta={"config": config})
+    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
+    return [*job_file(ws, "[train]\nepochs = 7\n"), "--resume", str(run)]
+
+
+RESUME_JOB_FILE_CASES = [
+    Case(
+        "resume-job-file-epochs",
+        "job file",
+        "`--resume RUN --config` a job file whose `epochs` differs from the run's (was ignored)",
+        resume_with_job_file,
+        1,
+        "cannot resume, the config differs from the checkpoint's: epochs: checkpoint 5, now 7",
+    ),
+    Case(
+        "resume-job-file-run-dir",
+        "job file",
+        "`--resume RUN --config` a job file whose `run-dir` names another (was ignored)",
+        lambda ws: [
+            *job_file(ws, f'[train]\nrun-dir = "{ws / "other"}"\n'),
+            "--resume",
+            str(earlier_run(ws)),
+        ],
+        2,
+        "but the job file's run-dir names",
+    ),
+]
+CASES += RESUME_JOB_FILE_CASES
+
+EMPTY_PATH_CASES = [
+    Case(
+        "run-dir-empty",
+        "run dir",
+        "`--run-dir ''` (an unset shell variable: the run went into the current directory)",
+        lambda ws: ["train", "--data-dir", str(ws / "data"), "--run-dir", ""],
+        2,
+        "Invalid value for '--run-dir': an empty path",
+    ),
+    Case(
+        "job-file-run-dir-empty",
+        "job file",
+        'a job file with `run-dir = ""`',
+        lambda ws: job_file(ws, '[train]\nrun-dir = ""\n'),
+        2,
+        "Invalid value for '--run-dir': an empty path",
+    ),
+    Case(
+        "report-out-empty",
+        "report",
+        "`report RUN --out ''` (a ValueError traceback)",
+        lambda ws: [*report_on(ws, STEP), "--out", ""],
+        2,
+        "Invalid value for '--out': an empty path",
+    ),
+    Case(
+        "evaluate-empty",
+        "checkpoint",
+        "`evaluate ''` (it evaluated the current directory's checkpoint.npz)",
+        lambda ws: ["evaluate", ""],
+        2,
+        "Invalid value for 'CHECKPOINT': an empty path",
+    ),
+]
+CASES += EMPTY_PATH_CASES
+
+CLOBBER_CASES = [
+    Case(
+        "report-out-users-file",
+        "report",
+        "`report RUN --out notes.txt`, the user's file (it was replaced by the picture)",
+        lambda ws: [*report_on(ws, STEP), "--out", str(notes_file(ws))],
+        1,
+        "notes.txt exists and is not a PNG picture: give --out a new file",
+    ),
+]
+CASES += CLOBBER_CASES
+
+
+def resume_history_fifo(ws: Path) -> list[str]:
+    args = resume_with_progress(ws)
+    fifo(ws / "prev", "history.jsonl")
+    return args
+
+
+HISTORY_FIFO_CASES = [
+    Case(
+        "resume-history-fifo",
+        "checkpoint",
+        "`--resume` a run whose history.jsonl is a FIFO (the resume hung)",
+        resume_history_fifo,
+        1,
+        "history.jsonl: not a regular file (a FIFO)",
+        process=True,
+    ),
+]
+CASES += HISTORY_FIFO_CASES
+
+
+def with_env(**values: str) -> None:
+    """Set environment variables for one case (a process case inherits them); undone after."""
+    saved = {name: os.environ.get(name) for name in [*values, "RAY_AUTH_MODE"]}
+    os.environ.pop("RAY_AUTH_MODE", None)  # token mode, Ray's default: the token is read
+    os.environ.update(values)
+
+    def restore() -> None:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    UNDO.append(restore)
+
+
+def token_file(ws: Path, data: bytes) -> list[str]:
+    path = ws / "token"
+    path.write_bytes(data)
+    with_env(RAY_AUTH_TOKEN_PATH=str(path))
+    return ["jobs", "list", "--address", "http://127.0.0.1:1"]
+
+
+def token_fifo(ws: Path) -> list[str]:
+    with_env(RAY_AUTH_TOKEN_PATH=str(fifo(ws, "token")))
+    return ["jobs", "list", "--address", "http://127.0.0.1:1"]
+
+
+def train_with_token(ws: Path) -> list[str]:
+    with_env(RAY_AUTH_TOKEN="abc\x01def")
+    return train_args(prepared(ws), ws, "--batch-size", "4")
+
+
+TOKEN_CASES = [
+    Case(
+        "token-file-not-text",
+        "cluster",
+        "`$RAY_AUTH_TOKEN_PATH` naming a file of bytes that are not UTF-8 (`jobs list`)",
+        lambda ws: token_file(ws, b"\xff\xfe"),
+        1,
+        "/token) is not text",
+    ),
+    Case(
+        "token-file-fifo",
+        "cluster",
+        "`$RAY_AUTH_TOKEN_PATH` naming a FIFO (`jobs list` hung)",
+        token_fifo,
+        1,
+        "/token): not a regular file (a FIFO)",
+        process=True,
+    ),
+    Case(
+        "train-token-control-character",
+        "cluster",
+        "`train` with `$RAY_AUTH_TOKEN` holding a control character (Ray's gRPC aborted: 134)",
+        train_with_token,
+        1,
+        "$RAY_AUTH_TOKEN holds a token with characters a header cannot carry",
+    ),
+]
+CASES += TOKEN_CASES
+
+BENCH_CASES = [
+    Case(
+        "bench-workers-65",
+        "cli",
+        "`bench --num-workers 65` (at most 64: it failed only when that variant's turn came)",
+        lambda ws: ["bench", "--num-workers", "65"],
+        2,
+        "workers must all be <= 64, got [65]",
+    ),
+    Case(
+        "bench-staleness-33",
+        "cli",
+        "`bench --staleness 33` (at most 32, as for train)",
+        lambda ws: ["bench", "--staleness", "33"],
+        2,
+        "staleness must name values <= 32, got [33]",
+    ),
+]
+CASES += BENCH_CASES
+
+CONFLICT_CASES = [
+    Case(
+        "gpu-workers-without-gpu-device",
+        "cli",
+        "`--gpu-workers 1` without `--device gpu` (it was ignored in silence)",
+        lambda ws: ["train", "--gpu-workers", "1"],
+        2,
+        "--gpu-workers: num_gpu_workers applies to device gpu only, not cpu",
+    ),
+    Case(
+        "train-address-jobs-api",
+        "cluster",
+        "`train --address http://127.0.0.1:8265` (the Jobs API's address, not the cluster's)",
+        lambda ws: train_args(prepared(ws), ws, "--address", "http://127.0.0.1:8265"),
+        1,
+        "that is a Jobs API address (use it with `dtrain submit`)",
+    ),
+]
+CASES += CONFLICT_CASES
+
+
 def snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
