@@ -36,7 +36,7 @@ def resolve_address(address: str | None) -> tuple[str, str]:
     return DEFAULT_ADDRESS, "the default"
 
 
-def check_token(token: str, where: str) -> str:
+def header_safe(token: str, where: str) -> str:
     """``token`` if it can travel in an HTTP or gRPC header: printable ASCII, no spaces. Ray's
     gRPC client aborts the whole process (a core dump, exit 134) on anything else."""
     if not (token.isascii() and token.isprintable()) or any(c.isspace() for c in token):
@@ -50,7 +50,7 @@ def find_token() -> tuple[str | None, str]:
         return None, "RAY_AUTH_MODE=disabled"
     token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
     if token:
-        return check_token(token, "$RAY_AUTH_TOKEN"), "$RAY_AUTH_TOKEN"
+        return header_safe(token, "$RAY_AUTH_TOKEN"), "$RAY_AUTH_TOKEN"
     path_text = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
     if path_text:
         # Ray treats an unreadable token path as fatal rather than falling back; so do we.
@@ -64,7 +64,7 @@ def find_token() -> tuple[str | None, str]:
             raise DtrainError(f"{where} is not text") from None
         if not token:
             raise DtrainError(f"{where} is empty")
-        return check_token(token, where), f"$RAY_AUTH_TOKEN_PATH ({path})"
+        return header_safe(token, where), f"$RAY_AUTH_TOKEN_PATH ({path})"
     default = Path.home() / ".ray" / "auth_token"
     with contextlib.suppress(OSError, UnicodeDecodeError):
         token = default.read_text(encoding="utf-8").strip()

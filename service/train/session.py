@@ -58,7 +58,7 @@ def ray_session(address: str | None, num_cpus: int) -> Iterator[None]:
             # the user set a mode; a cluster without authentication ignores it.
             token, source = find_token()
             stack.enter_context(token_mode(token))
-            check_token(target, token, source)
+            check_cluster_accepts(target, token, source)
         try:
             ray.init(address=target, **kwargs)
         except (OSError, RuntimeError, ValueError) as e:
@@ -93,7 +93,7 @@ def end_monitor() -> None:
             kill(check_alive=False)
 
 
-def check_token(address: str, token: str | None, source: str) -> None:
+def check_cluster_accepts(address: str, token: str | None, source: str) -> None:
     """Refuse at once, in one line, a cluster that rejects the token sent or its absence.
 
     ray.init retries such a cluster for 20 s, Ray's C++ client printing a line a second, then

@@ -362,6 +362,73 @@ def test_wrong_or_missing_token_is_one_line(cluster: LoopbackCluster, tmp_path: 
     assert submit.returncode == 1 and "rejected the token" in submit.stderr
 
 
+def test_train_joins_with_only_the_token_exported(cluster: LoopbackCluster, tmp_path: Path) -> None:
+    """The README has a user export RAY_AUTH_TOKEN, nothing else: `dtrain train --address`
+    sends it (Ray's client sends a token only with RAY_AUTH_MODE=token set on its side too)."""
+    done = run(
+        cluster,
+        "dtrain",
+        "train",
+        "--address",
+        cluster.gcs_address,
+        "--epochs",
+        "1",
+        "--max-steps",
+        "3",
+        "--json",
+        "--run-dir",
+        str(tmp_path / "run"),
+        RAY_AUTH_MODE=None,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.splitlines()[-1])["steps"] == 3
+
+
+def test_train_with_a_wrong_or_no_token_is_one_line_at_once(
+    cluster: LoopbackCluster, tmp_path: Path
+) -> None:
+    """ray.init retries a refused token for 20 s, a line a second, then says only "Failed to
+    connect"; dtrain asks the GCS once and names the token."""
+    start = time.monotonic()
+    wrong = run(
+        cluster,
+        "dtrain",
+        "train",
+        "--address",
+        cluster.gcs_address,
+        "--run-dir",
+        str(tmp_path / "wrong"),
+        RAY_AUTH_TOKEN="not-the-token",
+        RAY_AUTH_MODE=None,
+    )
+    assert time.monotonic() - start < 15
+    assert wrong.returncode == 1 and not (tmp_path / "wrong").exists()
+    assert "Traceback" not in wrong.stderr, wrong.stderr
+    assert [line for line in wrong.stderr.splitlines() if "warning" not in line] == [
+        (
+            f"Error: the Ray cluster at {cluster.gcs_address} rejected the token from "
+            "$RAY_AUTH_TOKEN: it is not this cluster's token"
+        )
+    ]
+    missing = run(
+        cluster,
+        "dtrain",
+        "train",
+        "--address",
+        cluster.gcs_address,
+        "--run-dir",
+        str(tmp_path / "missing"),
+        RAY_AUTH_TOKEN=None,
+        RAY_AUTH_MODE=None,
+        HOME=str(tmp_path),
+    )
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        f"Error: the Ray cluster at {cluster.gcs_address} requires a token and no token was "
+        "found: set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the cluster's token"
+    ]
+
+
 @pytest.mark.parametrize("command", ["status", "logs", "stop"])
 def test_unknown_job_id_is_one_line(cluster: LoopbackCluster, command: str) -> None:
     done = run(
