@@ -113,6 +113,14 @@ def _verify_shard(path: Path, size: int, sha256: str) -> None:
         raise DtrainError(f"{path.name}: sha256 does not match the manifest (corrupt or modified)")
 
 
+def train_data_digest(manifest: dict[str, Any]) -> str:
+    """One sha256 for a dataset's training rows: over its training shards' own sha256s, in
+    order (the manifest's are checked against the files before a run). A resumed run must
+    read the rows it started with; these decide its weights as much as its seed does."""
+    shards = manifest["splits"]["train"]["shards"]
+    return hashlib.sha256("\n".join(s["sha256"] for s in shards).encode()).hexdigest()
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -149,13 +149,14 @@ class Snapshot:
         return Snapshot(self.params, self.velocity, progress, self.history)
 
 
-def initial_snapshot(config: TrainConfig, resume: bool) -> Snapshot:
-    """Fresh weights from the seed, or the newest whole checkpoint of the run being resumed."""
+def initial_snapshot(config: TrainConfig, resume: bool, train_data: str) -> Snapshot:
+    """Fresh weights from the seed, or the newest whole checkpoint of the run being resumed
+    (``train_data``: the digest of the training rows this run reads)."""
     if not resume:
         params = init_params(config.model, config.seed)
         return Snapshot(params, np.zeros_like(params), Progress())
     ckpt = latest_checkpoint(config.run_dir)
-    check_resumable(ckpt, config)
+    check_resumable(ckpt, config, train_data)
     velocity = ckpt.velocity if ckpt.velocity is not None else np.zeros_like(ckpt.params)
     progress = Progress.from_dict(ckpt.meta.get("progress", {}))
     history = None if ckpt.history is None else np.array(ckpt.history)
@@ -170,12 +171,16 @@ class Checkpointer:
     ) -> None:
         self.config = config
         self.on_checkpoint = on_checkpoint
+        # The digest of the training rows (manifest.train_data_digest), once the run has read
+        # its manifest: saved with every checkpoint so that a resume can check it reads them.
+        self.train_data: str | None = None
 
     def save(self, path: Path, snap: Snapshot, extra: dict[str, Any] | None = None) -> None:
         meta = {
             "step": snap.progress.step,
             "progress": asdict(snap.progress),
             "config": self.config.to_dict(),
+            **({} if self.train_data is None else {"train_data": self.train_data}),
             **(extra or {}),
         }
         checkpoint.save(
@@ -267,8 +272,10 @@ def check_meta(path: Path, ckpt: checkpoint.Checkpoint) -> checkpoint.Checkpoint
     return ckpt
 
 
-def check_resumable(ckpt: checkpoint.Checkpoint, config: TrainConfig) -> None:
-    """Refuse a checkpoint whose run would not continue into the same weights."""
+def check_resumable(ckpt: checkpoint.Checkpoint, config: TrainConfig, train_data: str) -> None:
+    """Refuse a checkpoint whose run would not continue into the same weights: another
+    network or config, or other training rows (checkpoints from before the digest was saved
+    are not checked for the rows)."""
     if ckpt.spec != config.model:
         raise DtrainError(
             f"the checkpoint's layers {ckpt.spec.layer_shapes} differ from the config's "
@@ -284,4 +291,11 @@ def check_resumable(ckpt: checkpoint.Checkpoint, config: TrainConfig) -> None:
     if diffs:
         raise DtrainError(
             "cannot resume, the config differs from the checkpoint's: " + "; ".join(diffs)
+        )
+    saved_data = ckpt.meta.get("train_data")
+    if saved_data is not None and saved_data != train_data:
+        raise DtrainError(
+            f"cannot resume: the training data in {config.data_dir} is not the run's (its "
+            "shards' sha256 differ from those the checkpoint was trained on): give --data-dir "
+            "the dataset the run started with"
         )

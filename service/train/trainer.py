@@ -20,6 +20,7 @@ import ray
 
 from dtrain.service import __version__
 from dtrain.service.data import transport
+from dtrain.service.data.manifest import train_data_digest
 from dtrain.service.errors import DtrainError
 from dtrain.service.jobs.endpoint import find_token
 from dtrain.service.observe.observers import Observer
@@ -93,7 +94,9 @@ class Trainer:
         total_steps = plan.steps_per_epoch * c.epochs
         if c.max_steps is not None:
             total_steps = min(total_steps, c.max_steps)
-        snapshot = initial_snapshot(c, self.resume)
+        train_data = train_data_digest(manifest)
+        self.checkpointer.train_data = train_data
+        snapshot = initial_snapshot(c, self.resume, train_data)
         if self.resume:  # no step twice in the history after a killed driver
             epochs = {int(record["epoch"]) for record in snapshot.progress.history}
             cut_history(c.run_dir / HISTORY_FILE, snapshot.progress.step, epochs)

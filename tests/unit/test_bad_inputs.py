@@ -1378,6 +1378,23 @@ def resume_nonfinite_velocity(ws: Path) -> list[str]:
     return ["train", "--resume", str(run)]
 
 
+def resume_on_other_data(ws: Path) -> list[str]:
+    """A run whose checkpoint was trained on other rows than those --data-dir holds now."""
+    data = prepared(ws)
+    run = ws / "prev"
+    (run / "checkpoints").mkdir(parents=True)
+    config = {"data_dir": str(data), "run_dir": str(run), "model": {"hidden_sizes": [8]}}
+    config |= {"batch_size": 4, "num_workers": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    params = init_params(SPEC, 0)
+    other = hashlib.sha256(b"another dataset's shards").hexdigest()
+    ckpt = checkpoint.Checkpoint(
+        spec=SPEC, params=params, velocity=np.zeros_like(params), meta={"train_data": other}
+    )
+    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
+    return ["train", "--resume", str(run)]
+
+
 def damaged_npz_source(ws: Path, **patch: int) -> list[str]:
     src = npz_source(ws)
     if patch:
@@ -1415,6 +1432,14 @@ NEIGHBOUR_CASES = [
         resume_nonfinite_velocity,
         1,
         "holds non-finite velocity",
+    ),
+    Case(
+        "resume-other-data",
+        "checkpoint",
+        "`--resume` on training data other than the checkpoint's",
+        resume_on_other_data,
+        1,
+        "is not the run's (its shards' sha256 differ",
     ),
     Case(
         "resume-config-null",
