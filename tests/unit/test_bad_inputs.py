@@ -1362,37 +1362,34 @@ CASES += ISSUE14_CASES
 # --- neighbours of issue 14's examples: the same classes, reached another way ------------------
 
 
-def resume_nonfinite_velocity(ws: Path) -> list[str]:
-    """A run whose only checkpoint has an inf velocity: refused on load, not after a step."""
+def resume_from(ws: Path, ckpt: checkpoint.Checkpoint) -> list[str]:
+    """`train --resume` of a run on a small prepared dataset whose only checkpoint is ``ckpt``."""
     data = prepared(ws)
     run = ws / "prev"
     (run / "checkpoints").mkdir(parents=True)
     config = {"data_dir": str(data), "run_dir": str(run), "model": {"hidden_sizes": [8]}}
     config |= {"batch_size": 4, "num_workers": 1}
     (run / "config.json").write_text(json.dumps(config))
-    params = init_params(SPEC, 0)
-    velocity = np.zeros_like(params)
-    velocity[-1] = np.inf
-    ckpt = checkpoint.Checkpoint(spec=SPEC, params=params, velocity=velocity)
     checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
     return ["train", "--resume", str(run)]
 
 
+def resume_nonfinite_velocity(ws: Path) -> list[str]:
+    """A run whose only checkpoint has an inf velocity: refused on load, not after a step."""
+    params = init_params(SPEC, 0)
+    velocity = np.zeros_like(params)
+    velocity[-1] = np.inf
+    return resume_from(ws, checkpoint.Checkpoint(spec=SPEC, params=params, velocity=velocity))
+
+
 def resume_on_other_data(ws: Path) -> list[str]:
-    """A run whose checkpoint was trained on other rows than those --data-dir holds now."""
-    data = prepared(ws)
-    run = ws / "prev"
-    (run / "checkpoints").mkdir(parents=True)
-    config = {"data_dir": str(data), "run_dir": str(run), "model": {"hidden_sizes": [8]}}
-    config |= {"batch_size": 4, "num_workers": 1}
-    (run / "config.json").write_text(json.dumps(config))
+    """A run whose checkpoint was trained on other rows than those its data dir holds now."""
     params = init_params(SPEC, 0)
     other = hashlib.sha256(b"another dataset's shards").hexdigest()
     ckpt = checkpoint.Checkpoint(
         spec=SPEC, params=params, velocity=np.zeros_like(params), meta={"train_data": other}
     )
-    checkpoint.save(run / "checkpoints" / "step-00000005.npz", ckpt)
-    return ["train", "--resume", str(run)]
+    return resume_from(ws, ckpt)
 
 
 def damaged_npz_source(ws: Path, **patch: int) -> list[str]:
