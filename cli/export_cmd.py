@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from dtrain.cli.model_cmds import resolve_checkpoint
 from dtrain.cli.options import UserPath
 
 FORMATS = ("onnx", "safetensors")
@@ -33,6 +34,8 @@ def export(checkpoint_path: Path, fmt: str, out: Path | None) -> None:
     from dtrain.service import export as exporter
     from dtrain.service.train import checkpoint
 
+    # A run directory stands for its final checkpoint, as for evaluate and predict.
+    checkpoint_path = resolve_checkpoint(checkpoint_path)
     ckpt = checkpoint.load(checkpoint_path)
     path = exporter.export(ckpt, fmt, out or checkpoint_path.with_suffix(exporter.SUFFIXES[fmt]))
     click.echo(str(path))

@@ -120,3 +120,21 @@ def test_an_existing_file_is_never_replaced(mnist_trained: Path, tmp_path: Path)
     assert out.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == [
         "thesis.tex"
     ]
+
+
+def test_a_run_directory_stands_for_its_final_checkpoint(
+    mnist_trained: Path, tmp_path: Path
+) -> None:
+    """As for evaluate and predict: `dtrain export RUN_DIR` exports RUN_DIR/checkpoint.npz."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(mnist_trained / "checkpoint.npz", run / "checkpoint.npz")
+    path = export(run, "safetensors")
+    assert path == run / "checkpoint.safetensors"
+    ckpt = checkpoint.load(run / "checkpoint.npz")
+    weights = load_file(str(path))
+    np.testing.assert_array_equal(
+        weights["dense_0.weight"].ravel(), ckpt.params[: weights["dense_0.weight"].size]
+    )
+    empty = CliRunner().invoke(cli, ["export", str(tmp_path), "--format", "onnx"])
+    assert empty.exit_code == 1 and "is a directory without a checkpoint.npz" in empty.output
