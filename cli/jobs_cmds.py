@@ -369,9 +369,10 @@ def fetch_cmd(
     logs, which this reads back through the Jobs API (Ray's Jobs API cannot download files).
     """
     from dtrain.service.jobs.client import JobsClient
-    from dtrain.service.jobs.fetch import fetch_run
+    from dtrain.service.jobs.fetch import check_dest, fetch_run
 
     dest = out or Path(job_id)
+    check_dest(dest)  # before JobsClient, which reaches the cluster
     remote, names = fetch_run(
         JobsClient(address), job_id, dest, python=python, everything=everything
     )

@@ -28,6 +28,7 @@ from pathlib import Path
 from dtrain.service.errors import DtrainError
 from dtrain.service.jobs.client import JobsClient
 from dtrain.service.jobs.record import TERMINAL
+from dtrain.service.paths import check_dir
 
 # How long fetching a run may take: a helper job's start plus the archive's trip.
 FETCH_TIMEOUT_SECONDS = 300.0
@@ -147,6 +148,14 @@ def unpack(data: bytes, dest: Path) -> list[str]:
     return names
 
 
+def check_dest(dest: Path) -> None:
+    """Refuse a destination the run could not be unpacked into: checked before the cluster is
+    asked anything, so a typo costs no helper job and no wait."""
+    if dest.exists():
+        raise DtrainError(f"{dest} already exists: give --out a new directory")
+    check_dir(dest, "the fetched run")
+
+
 def fetch_run(
     client: JobsClient,
     job_id: str,
@@ -157,6 +166,7 @@ def fetch_run(
     timeout: float = FETCH_TIMEOUT_SECONDS,
 ) -> tuple[str, list[str]]:
     """Copy job ``job_id``'s run directory into ``dest``: (its path on the node, names copied)."""
+    check_dest(dest)
     record = client.get(job_id, results=True)
     if record.run_dir is None:
         when = "ended" if record.status in TERMINAL else "is still"
@@ -164,8 +174,6 @@ def fetch_run(
             f"job {job_id} names no run directory in its logs: it {when} {record.status} "
             "before training started"
         )
-    if dest.exists():
-        raise DtrainError(f"{dest} already exists: give --out a new directory")
     command = helper_command(python, record.run_dir, client.driver_node(job_id), everything)
     helper, _ = client.run_helper(command, job_id, "fetches", timeout)
     return record.run_dir, unpack(archive_from_logs(client.logs(helper), job_id), dest)

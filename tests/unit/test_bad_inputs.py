@@ -1711,6 +1711,12 @@ def notes_file(ws: Path) -> Path:
     return ws / "notes.txt"
 
 
+def fetch_into(out: Path) -> list[str]:
+    """`jobs fetch` into ``out`` from an address where nothing listens: a check of ``out``
+    that came after the cluster's would say the address is unreachable instead."""
+    return ["jobs", "fetch", "raysubmit_x", "--out", str(out), "--address", "http://127.0.0.1:9"]
+
+
 def export_under_a_file(ws: Path) -> list[str]:
     ckpt = str(saved_checkpoint(ws))
     return ["export", ckpt, "--format", "safetensors", "--out", str(notes_file(ws) / "net.st")]
@@ -1827,6 +1833,22 @@ AUDIT_CASES = [
         lambda ws: prepare_into(ws, notes_file(ws) / "data"),
         1,
         "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "fetch-out-under-a-file",
+        "cluster",
+        "`jobs fetch JOB --out FILE/run`, under a regular file (refused before any request)",
+        lambda ws: fetch_into(notes_file(ws) / "run"),
+        1,
+        "notes.txt is a file, not a directory",
+    ),
+    Case(
+        "fetch-out-exists",
+        "cluster",
+        "`jobs fetch JOB --out DIR`, a directory that exists (refused before any request)",
+        lambda ws: fetch_into(ws),
+        1,
+        "already exists: give --out a new directory",
     ),
     Case(
         "tensorboard-under-a-file",
