@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -233,6 +234,8 @@ def _load_shard(path: Path, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
         raise ShardError(f"{path.name}: shard file is missing from {path.parent}") from None
     except OSError as e:
         raise ShardError(f"{path.name}: cannot stat shard ({one_line(e.strerror or e)})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ShardError(f"{path.name}: shard in {path.parent} is not a regular file")
     # Keyed on identity and mtime so that a re-prepared directory (new files renamed in) is reread,
     # while a worker drawing one batch per step validates each shard once, not once per step.
     return _open_shard(

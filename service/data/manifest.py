@@ -103,6 +103,8 @@ def verify(data_dir: Path, manifest: dict[str, Any], splits: tuple[str, ...] = S
 
 def _verify_shard(path: Path, size: int, sha256: str) -> None:
     if not path.is_file():
+        if path.exists():  # a FIFO would be read forever, a device or a folder is no shard
+            raise DtrainError(f"{path.name}: shard in {path.parent} is not a regular file")
         raise DtrainError(
             f"{path.name}: shard listed in the manifest is missing from {path.parent}"
         )

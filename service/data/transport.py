@@ -30,6 +30,7 @@ import numpy as np
 from dtrain.service.data.manifest import MANIFEST_NAME, SPLITS, check_manifest, verify
 from dtrain.service.data.prepare import ensure_prepared
 from dtrain.service.errors import DtrainError
+from dtrain.service.paths import read_regular
 from dtrain.workers.shards import (
     FileSystemShards,
     LocalShards,
@@ -154,7 +155,7 @@ def _read_shard(data_dir: Path | str, name: str) -> bytes:
         return _read_uri_file(str(data_dir), name)
     path = Path(data_dir).expanduser() / name
     try:
-        return path.read_bytes()
+        return read_regular(path)  # a FIFO in its place would be read forever
     except OSError as e:
         raise ShardError(f"{name}: cannot read {path} ({e.strerror or e})") from None
 

@@ -1688,6 +1688,17 @@ def fifo(ws: Path, name: str) -> Path:
     return path
 
 
+def shard_replaced_by_fifo(ws: Path) -> list[str]:
+    """A prepared dataset whose first training shard is now a FIFO (reading it would wait
+    forever for a writer)."""
+    data = prepared(ws)
+    manifest = json.loads((data / "manifest.json").read_text())
+    name = manifest["splits"]["train"]["shards"][0]["file"]
+    (data / name).unlink()
+    fifo(data, name)
+    return train_args(data, ws)
+
+
 def resume_fifo_config(ws: Path) -> list[str]:
     fifo(ws / "prev", "config.json")
     return ["train", "--resume", str(ws / "prev")]
@@ -1752,6 +1763,14 @@ AUDIT_CASES = [
         1,
         "config.json is unreadable: not a regular file (a FIFO)",
         process=True,
+    ),
+    Case(
+        "shard-fifo",
+        "dataset",
+        "a prepared dataset whose training shard was replaced by a FIFO",
+        shard_replaced_by_fifo,
+        1,
+        "is not a regular file",
     ),
     Case(
         "checkpoint-fifo",
