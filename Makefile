@@ -15,8 +15,9 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# @: stdout is dtrain's alone, so `make train ARGS=--json` pipes one JSON object.
 train: $(BIN)/.installed  ## run the main job: 5 epochs of MNIST on a local Ray
-	$(BIN)/dtrain train $(ARGS)
+	@$(BIN)/dtrain train $(ARGS)
 
 # The integration tests start a real Prometheus server and Pushgateway (Debian packages
 # `prometheus`, `prometheus-pushgateway`); the unit tests run promtool.
@@ -62,7 +63,7 @@ format: $(BIN)/.installed
 	$(BIN)/ruff format .
 
 bench: $(BIN)/.installed
-	$(BIN)/dtrain bench $(ARGS)
+	@$(BIN)/dtrain bench $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache build/mypy *.egg-info
