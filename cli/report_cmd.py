@@ -15,7 +15,8 @@ from dtrain.cli.options import UserPath
     "--out",
     type=UserPath(dir_okay=False, path_type=Path),
     default=None,
-    help="PNG file to write. [default: RUN_DIR/report.png]",
+    help="PNG file to write; an existing file is replaced only if it is an earlier report. "
+    "[default: RUN_DIR/report.png]",
 )
 def report(run_dir: Path, out: Path | None) -> None:
     """Loss and accuracy curves and where each step's time went, as one PNG."""

@@ -200,22 +200,29 @@ def phases(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A tEXt chunk every report carries (right after the header, before the pixels): an existing
+# --out is replaced only when it holds this, so only a picture dtrain drew is ever replaced.
+SOFTWARE = "dtrain report"
+MARK = b"Software\x00" + SOFTWARE.encode()
+MARK_WITHIN_BYTES = 4096
 
 
 def check_replaceable(out: Path) -> None:
-    """An existing --out is replaced only when it is a PNG (an earlier report): a typo such as
-    `--out notes.txt` must not turn the user's file into a picture."""
+    """An existing --out is replaced only when it is a report dtrain drew: a typo such as
+    `--out notes.txt`, or a user's own picture, must not be turned into a report."""
     if not out.exists() and not out.is_symlink():
         return
     head = b""
     if out.is_file():  # never open a FIFO: it would wait for a writer
         try:
             with out.open("rb") as f:
-                head = f.read(len(PNG_SIGNATURE))
+                head = f.read(MARK_WITHIN_BYTES)
         except OSError:
             pass
-    if head != PNG_SIGNATURE:
+    if not head.startswith(PNG_SIGNATURE):
         raise DtrainError(f"{out} exists and is not a PNG picture: give --out a new file")
+    if MARK not in head:
+        raise DtrainError(f"{out} exists and is not a report dtrain drew: give --out a new file")
 
 
 def render(run_dir: Path, out: Path) -> Path:
@@ -292,7 +299,7 @@ def render(run_dir: Path, out: Path) -> Path:
     tmp = out.with_name(f".{out.name}.tmp.png")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp)
+        fig.savefig(tmp, metadata={"Software": SOFTWARE})
         tmp.replace(out)
     except OSError as e:
         tmp.unlink(missing_ok=True)  # no half-written picture left beside --out

@@ -2041,6 +2041,14 @@ EMPTY_PATH_CASES = [
 ]
 CASES += EMPTY_PATH_CASES
 
+
+def users_png(ws: Path) -> Path:
+    from PIL import Image
+
+    Image.new("L", (4, 4), 0).save(ws / "photo.png")
+    return ws / "photo.png"
+
+
 CLOBBER_CASES = [
     Case(
         "report-out-users-file",
@@ -2049,6 +2057,14 @@ CLOBBER_CASES = [
         lambda ws: [*report_on(ws, STEP), "--out", str(notes_file(ws))],
         1,
         "notes.txt exists and is not a PNG picture: give --out a new file",
+    ),
+    Case(
+        "report-out-users-png",
+        "report",
+        "`report RUN --out photo.png`, a PNG that dtrain did not draw",
+        lambda ws: [*report_on(ws, STEP), "--out", str(users_png(ws))],
+        1,
+        "photo.png exists and is not a report dtrain drew: give --out a new file",
     ),
 ]
 CASES += CLOBBER_CASES

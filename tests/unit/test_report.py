@@ -71,6 +71,26 @@ def test_report_writes_a_png(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.png", "run"]  # no temp file left
 
 
+def test_a_report_replaces_its_own_picture_and_no_other(tmp_path: Path) -> None:
+    """Drawn again, a report replaces the one it drew before; a user's own PNG stays as it is."""
+    write_history(tmp_path / "run")
+    out = tmp_path / "r.png"
+    for _ in range(2):
+        result = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+    import matplotlib.pyplot as plt
+
+    photo = tmp_path / "photo.png"
+    plt.imsave(photo, np.zeros((4, 4)))  # a PNG dtrain did not draw
+    before = photo.read_bytes()
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "run"), "--out", str(photo)])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {photo} exists and is not a report dtrain drew: give --out a new file"
+    )
+    assert photo.read_bytes() == before
+
+
 def test_a_replayed_step_counts_once_and_phases_add_up(tmp_path: Path) -> None:
     write_history(tmp_path / "run", replayed=(15, 16))
     steps, epochs = read_history(tmp_path / "run")
