@@ -23,12 +23,16 @@ def file_in_the_way(path: Path) -> Path | None:
     return None
 
 
+def _blocked(path: Path, blocker: Path, what: str) -> DtrainError:
+    return DtrainError(f"cannot write {what} {path}: {blocker} is a file, not a directory")
+
+
 def check_parent(path: Path, what: str) -> None:
     """Refuse an output file whose folder cannot exist: an ancestor is a regular file. Called
     before the work (an export, a plot) that would otherwise be done for nothing."""
     blocker = file_in_the_way(path)
     if blocker is not None:
-        raise DtrainError(f"cannot write {what} {path}: {blocker} is a file, not a directory")
+        raise _blocked(path, blocker, what)
 
 
 def check_dir(directory: Path, what: str) -> None:
@@ -36,14 +40,14 @@ def check_dir(directory: Path, what: str) -> None:
     blocker = directory if directory.exists() and not directory.is_dir() else None
     blocker = blocker or file_in_the_way(directory)
     if blocker is not None:
-        raise DtrainError(f"cannot write {what} {directory}: {blocker} is a file, not a directory")
+        raise _blocked(directory, blocker, what)
 
 
 def write_error(path: Path, e: OSError, what: str) -> DtrainError:
     """The one-line error for ``e``, raised while writing ``path`` (``what``: "report")."""
     blocker = file_in_the_way(path)
     if blocker is not None:
-        return DtrainError(f"cannot write {what} {path}: {blocker} is a file, not a directory")
+        return _blocked(path, blocker, what)
     return DtrainError(f"cannot write {what} {path}: {e.strerror or e}")
 
 

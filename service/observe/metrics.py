@@ -109,17 +109,16 @@ def check_pushgateway_url(url: str) -> str:
     ``http.client.InvalidURL``, which is no ``OSError``, on spaces or a non-numeric port.
     """
     full = url if "://" in url else f"http://{url}"
+    bad = DtrainError(
+        f"bad --pushgateway URL {url!r}: expected http://HOST:PORT, e.g. http://127.0.0.1:9091"
+    )
     try:
         parts = urllib.parse.urlsplit(full)  # an unclosed "[" of an IPv6 host raises here
         port_ok = parts.port is None or parts.port > 0
     except ValueError:
-        raise DtrainError(
-            f"bad --pushgateway URL {url!r}: expected http://HOST:PORT, e.g. http://127.0.0.1:9091"
-        ) from None
+        raise bad from None
     if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok or " " in url:
-        raise DtrainError(
-            f"bad --pushgateway URL {url!r}: expected http://HOST:PORT, e.g. http://127.0.0.1:9091"
-        )
+        raise bad
     return url
 
 

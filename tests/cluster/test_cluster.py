@@ -362,24 +362,28 @@ def test_wrong_or_missing_token_is_one_line(cluster: LoopbackCluster, tmp_path: 
     assert submit.returncode == 1 and "rejected the token" in submit.stderr
 
 
-def test_train_joins_with_only_the_token_exported(cluster: LoopbackCluster, tmp_path: Path) -> None:
-    """The README has a user export RAY_AUTH_TOKEN, nothing else: `dtrain train --address`
-    sends it (Ray's client sends a token only with RAY_AUTH_MODE=token set on its side too)."""
-    done = run(
+def train_joining(
+    cluster: LoopbackCluster, run_dir: Path, *args: str, **env: str | None
+) -> subprocess.CompletedProcess[str]:
+    """`dtrain train --address` of the cluster's GCS, as a user who set no RAY_AUTH_MODE."""
+    return run(
         cluster,
         "dtrain",
         "train",
         "--address",
         cluster.gcs_address,
-        "--epochs",
-        "1",
-        "--max-steps",
-        "3",
-        "--json",
         "--run-dir",
-        str(tmp_path / "run"),
+        str(run_dir),
+        *args,
         RAY_AUTH_MODE=None,
+        **env,
     )
+
+
+def test_train_joins_with_only_the_token_exported(cluster: LoopbackCluster, tmp_path: Path) -> None:
+    """The README has a user export RAY_AUTH_TOKEN, nothing else: `dtrain train --address`
+    sends it (Ray's client sends a token only with RAY_AUTH_MODE=token set on its side too)."""
+    done = train_joining(cluster, tmp_path / "run", "--epochs", "1", "--max-steps", "3", "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.splitlines()[-1])["steps"] == 3
 
@@ -390,17 +394,7 @@ def test_train_with_a_wrong_or_no_token_is_one_line_at_once(
     """ray.init retries a refused token for 20 s, a line a second, then says only "Failed to
     connect"; dtrain asks the GCS once and names the token."""
     start = time.monotonic()
-    wrong = run(
-        cluster,
-        "dtrain",
-        "train",
-        "--address",
-        cluster.gcs_address,
-        "--run-dir",
-        str(tmp_path / "wrong"),
-        RAY_AUTH_TOKEN="not-the-token",
-        RAY_AUTH_MODE=None,
-    )
+    wrong = train_joining(cluster, tmp_path / "wrong", RAY_AUTH_TOKEN="not-the-token")
     assert time.monotonic() - start < 15
     assert wrong.returncode == 1 and not (tmp_path / "wrong").exists()
     assert "Traceback" not in wrong.stderr, wrong.stderr
@@ -410,18 +404,7 @@ def test_train_with_a_wrong_or_no_token_is_one_line_at_once(
             "$RAY_AUTH_TOKEN: it is not this cluster's token"
         )
     ]
-    missing = run(
-        cluster,
-        "dtrain",
-        "train",
-        "--address",
-        cluster.gcs_address,
-        "--run-dir",
-        str(tmp_path / "missing"),
-        RAY_AUTH_TOKEN=None,
-        RAY_AUTH_MODE=None,
-        HOME=str(tmp_path),
-    )
+    missing = train_joining(cluster, tmp_path / "missing", RAY_AUTH_TOKEN=None, HOME=str(tmp_path))
     assert missing.returncode == 1 and "Traceback" not in missing.stderr, missing.stderr
     assert missing.stderr.strip().splitlines() == [
         f"Error: the Ray cluster at {cluster.gcs_address} requires a token and no token was "
